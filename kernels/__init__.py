@@ -1,0 +1,1 @@
+"""Fused causal-attention kernels written with Numba, installed as `minigpt.kernels`."""

@@ -1,0 +1,102 @@
+"""Gradient checking: is a hand-written backward pass right?
+
+For a layer out = f(x, w, ...) we never look at the gradients alone. We pick a random
+upstream gradient `dout` and define the scalar L = sum(out * dout). Then the backward
+pass must return dL/dx, dL/dw, ...; and each entry can also be estimated by centered
+differences:
+
+    dL/dx[i]  ~  (L(x[i] + h) - L(x[i] - h)) / (2h)          error O(h^2)
+
+In float64 with h = 1e-6 the truncation error (~h^2) and the rounding error (~eps/h)
+are both near 1e-10 relative, so a correct backward pass agrees to rel_error < 1e-6
+and a wrong one (a missing term, a transposed weight) is off by 1e-2 or more.
+"""
+import numpy as np
+
+from minigpt.backend import get_xp, to_numpy
+
+
+def rel_error(a, b):
+    """max |a - b| / max(|a| + |b|): 0 for identical arrays, ~1 for unrelated ones."""
+    a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
+    denominator = np.max(np.abs(a) + np.abs(b))
+    if denominator == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / denominator)
+
+
+def numerical_gradient(f, x, h=1e-6, indices=None):
+    """Centered-difference gradient of the scalar function f() with respect to the array x,
+    which f reads and this function perturbs in place (and restores).
+    indices: flat indices to estimate (default: all). Returns (flat indices, their gradients).
+    """
+    flat = x.reshape(-1)  # a view: writing flat[i] perturbs x
+    if indices is None:
+        indices = np.arange(flat.size)
+    grads = np.empty(len(indices), dtype=np.float64)
+    for n, i in enumerate(indices):
+        old = flat[i].item()
+        flat[i] = old + h
+        f_plus = float(f())
+        flat[i] = old - h
+        f_minus = float(f())
+        flat[i] = old
+        grads[n] = (f_plus - f_minus) / (2 * h)
+    return np.asarray(indices), grads
+
+
+def sample_indices(size, max_entries, rng):
+    """All flat indices when there are few, else a random sample of max_entries of them."""
+    if size <= max_entries:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=max_entries, replace=False))
+
+
+def check_gradients(forward, backward, args, names=None, wrt=None, h=1e-6,
+                    max_entries=200, seed=0):
+    """Check every gradient of a forward/backward pair against centered differences.
+
+    forward(*args) -> (out, cache); backward(dout, cache) -> one gradient per arg, in order
+    (None for arguments that are not differentiated, like token ids or masks).
+    args: the forward's inputs, float64 arrays for the ones to check.
+    names: a name per arg for the report (default arg0, arg1, ...).
+    wrt: names to check (default: every arg whose backward gradient is not None).
+    Returns {name: rel_error}, the worst error over the sampled entries of each gradient.
+    """
+    args = list(args)
+    names = list(names) if names is not None else [f"arg{i}" for i in range(len(args))]
+    if len(names) != len(args):
+        raise ValueError(f"check_gradients: {len(names)} names for {len(args)} args")
+    rng = np.random.default_rng(seed)
+
+    out, cache = forward(*args)
+    xp = get_xp(out)
+    dout = xp.asarray(rng.standard_normal(out.shape)).astype(out.dtype)
+    analytic = backward(dout, cache)
+    if not isinstance(analytic, tuple):
+        analytic = (analytic,)
+    if len(analytic) != len(args):
+        raise ValueError(f"check_gradients: backward returned {len(analytic)} gradients "
+                         f"for {len(args)} forward inputs")
+
+    def loss():
+        out, _ = forward(*args)
+        return (out * dout).sum()
+
+    errors = {}
+    for name, arg, grad in zip(names, args, analytic):
+        if grad is None or (wrt is not None and name not in wrt):
+            continue
+        if grad.shape != arg.shape:
+            raise ValueError(f"check_gradients: gradient of {name} has shape {grad.shape}, "
+                             f"its input has shape {arg.shape}")
+        idx = sample_indices(arg.size, max_entries, rng)
+        idx, numeric = numerical_gradient(loss, arg, h=h, indices=idx)
+        errors[name] = rel_error(to_numpy(grad).reshape(-1)[idx], numeric)
+    if wrt is not None:
+        missing = set(wrt) - set(errors)
+        if missing:
+            raise ValueError(f"check_gradients: no gradient returned for {sorted(missing)}")
+    return errors
