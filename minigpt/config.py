@@ -1,0 +1,316 @@
+"""ModelConfig: every switch in which GPT-1, GPT-2, GPT-3, LLaMA, GLM and ChatGLM differ, and their presets.
+
+A decoder-only model is one recipe with a handful of switches:
+
+    norm            "layernorm" (GPT, GLM, ChatGLM-6B) | "rmsnorm" (LLaMA, ChatGLM2, GLM-4)
+    norm_placement  "pre"      x = x + f(LN(x))                      GPT-2/3, LLaMA, GLM, ChatGLM2, GLM-4
+                    "post"     x = LN(x + f(x))                      GPT-1 (and the 2017 Transformer)
+                    "deepnorm" h = LN(x); x = alpha*h + f(h)         ChatGLM-6B, alpha = sqrt(2 * n_layer)
+    activation      "gelu_tanh" | "gelu" | "relu" (plain 2-layer MLP) | "swiglu" | "geglu" (gated MLP)
+    positions       "learned" (GPT-1/2/3) | "sinusoidal" (the 2017 Transformer) | "rope" (LLaMA, ChatGLM2, GLM-4)
+                    | "glm2d" (GLM: two learned tables, position and block position) | "rope2d" (ChatGLM-6B: 2D RoPE)
+    attention       "causal" | "prefix" (GLM's Part A sees itself bidirectionally)
+    attention_pattern "dense" | "alternating" (GPT-3: odd layers locally banded, window attn_window)
+
+and sizes: vocab_size V, n_layer L, d_model C, n_head H, n_kv_head Hkv (GQA / MQA), d_ff F, max_seq_len.
+
+`ModelConfig.preset(name, **overrides)` gives each family at a tiny size that trains on a laptop CPU
+("gpt1", "gpt2", "gpt3", "llama", "glm", "chatglm", "chatglm2", "glm4") and the published models at
+their real sizes for counting ("gpt2-xl", "gpt3-175b", "llama2-7b", "glm4-9b", ...; see PRESETS).
+
+Counting never allocates a weight: `param_shapes(config)` lists every parameter's shape (the model
+allocates exactly these), `num_params(config)` adds them up, `flops_per_token(config)` estimates
+training compute.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass
+
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post", "deepnorm")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
+GATED_ACTIVATIONS = ("swiglu", "geglu")
+POSITIONS = ("learned", "sinusoidal", "rope", "glm2d", "rope2d")
+ROPE_PAIRINGS = ("half", "interleaved")
+ATTENTIONS = ("causal", "prefix")
+ATTENTION_PATTERNS = ("dense", "alternating")
+
+
+@dataclass
+class ModelConfig:
+    """The architecture of one decoder-only model. Validated on construction (ValueError names the bad field)."""
+    vocab_size: int = 256
+    n_layer: int = 4
+    d_model: int = 64
+    n_head: int = 4
+    n_kv_head: int | None = None          # None -> n_head (multi-head); 1 is MQA; in between is GQA
+    d_ff: int | None = None               # MLP hidden size; None -> 4*d_model, or the SwiGLU rule below
+    max_seq_len: int = 64                 # rows of the learned position tables; the longest T a model takes
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"
+    final_norm: bool = True
+    activation: str = "gelu_tanh"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0          # fraction of the head dim that RoPE rotates (ChatGLM2 / GLM-4: 0.5)
+    rope_pairing: str = "half"            # "half": pairs (i, i + rd/2), HF LLaMA; "interleaved": (2i, 2i+1)
+    qkv_bias: bool = True
+    bias: bool = True                     # attention output projection and MLP biases
+    tie_embeddings: bool = True           # logits = h @ wte.T instead of a separate lm_head
+    attention: str = "causal"
+    attention_pattern: str = "dense"
+    attn_window: int = 16                 # GPT-3 banded layers: a query sees its own block of attn_window positions
+    dropout: float = 0.0
+    init_std: float = 0.02
+    scaled_residual_init: bool = False    # GPT-2: residual projections (attn.wo, mlp.w_down) get std / sqrt(2L)
+    multiple_of: int = 1                  # gated MLPs: hidden rounded up to a multiple of this (LLaMA: 256)
+    ffn_dim_multiplier: float | None = None  # LLaMA-2-70B / LLaMA-3: hidden scaled by this before rounding
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "max_seq_len", "attn_window", "multiple_of"):
+            _check_positive_int(name, getattr(self, name))
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        _check_positive_int("n_kv_head", self.n_kv_head)
+        for name, known in (("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("activation", ACTIVATIONS),
+                            ("positions", POSITIONS), ("rope_pairing", ROPE_PAIRINGS),
+                            ("attention", ATTENTIONS), ("attention_pattern", ATTENTION_PATTERNS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {known}")
+        for name in ("final_norm", "qkv_bias", "bias", "tie_embeddings", "scaled_residual_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected True or False")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name}={value!r}: expected a number > 0")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}: "
+                             f"expected d_model % n_head == 0")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: "
+                             f"expected each kv head to serve a whole group of query heads")
+        if not 0 < self.rotary_fraction <= 1:
+            raise ValueError(f"rotary_fraction={self.rotary_fraction!r}: expected a fraction in (0, 1]")
+        if self.positions == "rope" and (self.rotary_dim == 0 or self.rotary_dim % 2):
+            raise ValueError(f"rotary dim {self.rotary_dim} (head_dim={self.head_dim} * rotary_fraction="
+                             f"{self.rotary_fraction}): expected an even number > 0, RoPE rotates pairs")
+        if self.positions == "rope2d" and self.head_dim % 4:
+            raise ValueError(f"head_dim={self.head_dim} with positions='rope2d': expected a multiple of 4 "
+                             f"(two halves, each rotated in pairs)")
+        if self.activation in GATED_ACTIVATIONS and self.bias:
+            raise ValueError(f"bias=True with activation={self.activation!r}: gated MLPs have no biases here "
+                             f"(as in LLaMA, ChatGLM2, GLM-4); expected bias=False")
+        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
+            raise ValueError(f"ffn_dim_multiplier={self.ffn_dim_multiplier!r}: expected None or a number > 0")
+        if self.d_ff is None:
+            self.d_ff = self._default_d_ff()
+        _check_positive_int("d_ff", self.d_ff)
+
+    def _default_d_ff(self):
+        """4*C for a plain MLP. A gated MLP has three matrices instead of two, so LLaMA shrinks the hidden
+        size to 2/3 of 4*C (same parameter count), scales it by ffn_dim_multiplier, and rounds up."""
+        if self.activation not in GATED_ACTIVATIONS:
+            return 4 * self.d_model
+        hidden = int(2 * 4 * self.d_model / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    @property
+    def head_dim(self):
+        """D = C / H."""
+        return self.d_model // self.n_head
+
+    @property
+    def rotary_dim(self):
+        """How many of a head's D channels RoPE rotates (positions='rope')."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def gated(self):
+        """True for SwiGLU / GeGLU (three MLP matrices: gate, up, down)."""
+        return self.activation in GATED_ACTIVATIONS
+
+    @property
+    def deepnorm_alpha(self):
+        """ChatGLM-6B's residual scale alpha = sqrt(2 * n_layer) (norm_placement='deepnorm')."""
+        return math.sqrt(2 * self.n_layer)
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named architecture, optionally with some fields changed: preset("llama", n_layer=2).
+        Tiny trainable sizes: gpt1 gpt2 gpt3 llama glm chatglm chatglm2 glm4. Published sizes: see PRESETS."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}: expected some of {sorted(fields)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r}: expected an integer > 0")
+
+
+# --- presets ---------------------------------------------------------------------------------------
+# The tiny sizes share V=256 (bytes), L=4, C=64, H=4, T=64: a few seconds per hundred steps on a laptop.
+TINY = dict(vocab_size=256, n_layer=4, d_model=64, n_head=4, max_seq_len=64)
+
+FAMILIES = {
+    # GPT-1 (Radford et al. 2018): learned positions, post-norm blocks, no final norm, tied head.
+    "gpt1": dict(norm="layernorm", norm_placement="post", final_norm=False, activation="gelu_tanh",
+                 positions="learned", qkv_bias=True, bias=True, tie_embeddings=True),
+    # GPT-2 (2019): LayerNorm moved to the input of each sublayer, one more after the last block,
+    # residual projections initialised with 0.02 / sqrt(2L).
+    "gpt2": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
+                 positions="learned", qkv_bias=True, bias=True, tie_embeddings=True, scaled_residual_init=True),
+    # GPT-3 (2020): GPT-2 with layers alternating dense and locally banded sparse attention.
+    "gpt3": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
+                 positions="learned", qkv_bias=True, bias=True, tie_embeddings=True, scaled_residual_init=True,
+                 attention_pattern="alternating", attn_window=16),
+    # LLaMA (2023): pre-RMSNorm, rotate-half RoPE, SwiGLU, no biases, untied head, GQA (LLaMA-2-70B, LLaMA-3).
+    "llama": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu",
+                  positions="rope", rope_pairing="half", qkv_bias=False, bias=False, tie_embeddings=False,
+                  n_kv_head=2, multiple_of=32),
+    # GLM (Du et al. 2022): pre-LN + final LN, two learned position tables, Part A attends bidirectionally.
+    "glm": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
+                positions="glm2d", qkv_bias=True, bias=True, tie_embeddings=True, attention="prefix",
+                scaled_residual_init=True),
+    # ChatGLM-6B (2023): h = LN(x); x = sqrt(2L)*h + f(h) (DeepNorm), 2D RoPE, prefix mask, tanh-GELU MLP
+    # ("OpenAI's gelu" in its code), biases everywhere, final LN. Its lm_head is tied to the word
+    # embeddings (transformers ties them; 6.2B parameters is the tied count).
+    "chatglm": dict(norm="layernorm", norm_placement="deepnorm", final_norm=True, activation="gelu_tanh",
+                    positions="rope2d", qkv_bias=True, bias=True, tie_embeddings=True, attention="prefix"),
+    # ChatGLM2-6B (2023): pre-RMSNorm, qkv bias only, SwiGLU, RoPE on half of each head with interleaved
+    # pairs, 2 kv groups ("multi-query" in its code), untied output layer, causal attention.
+    "chatglm2": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu",
+                     positions="rope", rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True,
+                     bias=False, tie_embeddings=False, n_kv_head=2, multiple_of=32),
+    # GLM-4 (2024): the ChatGLM2 architecture, bigger vocabulary and more layers.
+    "glm4": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu",
+                 positions="rope", rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True,
+                 bias=False, tie_embeddings=False, n_kv_head=2, multiple_of=32),
+}
+
+GPT2_SIZES = dict(vocab_size=50257, max_seq_len=1024)
+GPT3_SIZES = dict(vocab_size=50257, max_seq_len=2048, attn_window=256)  # the paper does not give the band width
+LLAMA_SIZES = dict(vocab_size=32000, n_layer=32, d_model=4096, n_head=32, n_kv_head=32, multiple_of=256)
+
+PUBLISHED = {
+    # name: (family, sizes). Sources: each model's paper / config.json.
+    "openai-gpt": ("gpt1", dict(vocab_size=40478, n_layer=12, d_model=768, n_head=12, max_seq_len=512)),
+    "gpt2-small": ("gpt2", dict(GPT2_SIZES, n_layer=12, d_model=768, n_head=12)),
+    "gpt2-medium": ("gpt2", dict(GPT2_SIZES, n_layer=24, d_model=1024, n_head=16)),
+    "gpt2-large": ("gpt2", dict(GPT2_SIZES, n_layer=36, d_model=1280, n_head=20)),
+    "gpt2-xl": ("gpt2", dict(GPT2_SIZES, n_layer=48, d_model=1600, n_head=25)),
+    # GPT-3 paper, Table 2.1. Two misprints there: XL's 24 heads of 128 do not make d_model 2048 (we use
+    # 16 heads of 128), and 13B's d_model is printed as 5140 (40 heads of 128 make 5120).
+    "gpt3-small": ("gpt3", dict(GPT3_SIZES, n_layer=12, d_model=768, n_head=12)),
+    "gpt3-medium": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=1024, n_head=16)),
+    "gpt3-large": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=1536, n_head=16)),
+    "gpt3-xl": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=2048, n_head=16)),
+    "gpt3-2.7b": ("gpt3", dict(GPT3_SIZES, n_layer=32, d_model=2560, n_head=32)),
+    "gpt3-6.7b": ("gpt3", dict(GPT3_SIZES, n_layer=32, d_model=4096, n_head=32)),
+    "gpt3-13b": ("gpt3", dict(GPT3_SIZES, n_layer=40, d_model=5120, n_head=40)),
+    "gpt3-175b": ("gpt3", dict(GPT3_SIZES, n_layer=96, d_model=12288, n_head=96)),
+    "llama-7b": ("llama", dict(LLAMA_SIZES, max_seq_len=2048, norm_eps=1e-6)),
+    "llama2-7b": ("llama", dict(LLAMA_SIZES, max_seq_len=4096)),
+    "llama2-70b": ("llama", dict(LLAMA_SIZES, n_layer=80, d_model=8192, n_head=64, n_kv_head=8, max_seq_len=4096,
+                                 multiple_of=4096, ffn_dim_multiplier=1.3)),
+    "llama3-8b": ("llama", dict(LLAMA_SIZES, vocab_size=128256, n_kv_head=8, max_seq_len=8192, rope_theta=500000.0,
+                                multiple_of=1024, ffn_dim_multiplier=1.3)),
+    "chatglm-6b": ("chatglm", dict(vocab_size=130528, n_layer=28, d_model=4096, n_head=32, d_ff=16384,
+                                   max_seq_len=2048)),
+    "chatglm2-6b": ("chatglm2", dict(vocab_size=65024, n_layer=28, d_model=4096, n_head=32, n_kv_head=2,
+                                     d_ff=13696, max_seq_len=32768)),
+    # as THUDM/glm-4-9b-chat: rope_ratio 500 -> theta 10000 * 500
+    "glm4-9b": ("glm4", dict(vocab_size=151552, n_layer=40, d_model=4096, n_head=32, n_kv_head=2, d_ff=13696,
+                             max_seq_len=131072, norm_eps=1.5625e-07, rope_theta=5e6)),
+}
+
+PRESETS = {name: dict(TINY, **switches) for name, switches in FAMILIES.items()}
+PRESETS.update({name: dict(FAMILIES[family], **sizes) for name, (family, sizes) in PUBLISHED.items()})
+
+
+# --- counting ---------------------------------------------------------------------------------------
+def param_shapes(config):
+    """Every parameter's key and shape, in model order; Model allocates exactly these.
+    Weights are (in, out): y = x @ w."""
+    C, V, F = config.d_model, config.vocab_size, config.d_ff
+    HD, KD = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    shapes = {"wte": (V, C)}
+    if config.positions in ("learned", "glm2d"):
+        shapes["wpe"] = (config.max_seq_len, C)
+    if config.positions == "glm2d":
+        shapes["wbpe"] = (config.max_seq_len, C)
+
+    def norm(prefix):
+        shapes[prefix + ".w"] = (C,)
+        if config.norm == "layernorm":
+            shapes[prefix + ".b"] = (C,)
+
+    for i in range(config.n_layer):
+        p = f"blocks.{i}."
+        norm(p + "norm1")
+        for name, width in (("q", HD), ("k", KD), ("v", KD)):
+            shapes[p + f"attn.w{name}"] = (C, width)
+            if config.qkv_bias:
+                shapes[p + f"attn.b{name}"] = (width,)
+        shapes[p + "attn.wo"] = (HD, C)
+        if config.bias:
+            shapes[p + "attn.bo"] = (C,)
+        norm(p + "norm2")
+        if config.gated:
+            shapes[p + "mlp.w_gate"] = (C, F)
+        shapes[p + "mlp.w_up"] = (C, F)
+        if config.bias:
+            shapes[p + "mlp.b_up"] = (F,)
+        shapes[p + "mlp.w_down"] = (F, C)
+        if config.bias:
+            shapes[p + "mlp.b_down"] = (C,)
+    if config.final_norm:
+        norm("norm_f")
+    if not config.tie_embeddings:
+        shapes["lm_head"] = (C, V)
+    return shapes
+
+
+EMBEDDING_KEYS = ("wte", "wpe", "wbpe", "lm_head")
+
+
+def num_params(config):
+    """{"total", "embedding", "non_embedding"} parameter counts, from shapes alone.
+    embedding: the vocabulary and position tables (wte, wpe, wbpe, and an untied lm_head), as in Kaplan
+    et al. 2020; non_embedding: everything else (the blocks and the final norm)."""
+    total = embedding = 0
+    for key, shape in param_shapes(config).items():
+        size = math.prod(shape)
+        total += size
+        embedding += size if key in EMBEDDING_KEYS else 0
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+
+def flops_per_token(config, seq_len=None):
+    """Training FLOPs (forward + backward) per token, for sequences of seq_len (default max_seq_len):
+
+        6 * (N + V*C)  +  12 * L * T * H * D
+
+    N = non-embedding parameters, V*C = the output head (one matmul, tied or not). A matmul with a
+    (in, out) weight costs 2*in*out FLOPs per token forward (a multiply and an add) and twice that
+    backward (dx and dw): 6 per weight. Attention adds, per layer and token, QK^T (2*T*H*D) and
+    probs @ V (2*T*H*D) forward, again x3 for training: 12*L*T*H*D (PaLM, Chowdhery et al. 2022,
+    Appendix B). This counts the full T x T score matrix, as the reference implementation computes it;
+    a causal kernel that skips the masked upper triangle does about half (6*L*T*H*D, Kaplan's term).
+    Norms, softmax, activations and embedding lookups are O(C) per token and left out."""
+    T = config.max_seq_len if seq_len is None else seq_len
+    _check_positive_int("seq_len", T)
+    counts = num_params(config)
+    head = config.vocab_size * config.d_model
+    attention = 12 * config.n_layer * T * config.n_head * config.head_dim
+    return 6 * (counts["non_embedding"] + head) + attention

@@ -1,0 +1,151 @@
+import math
+
+import pytest
+
+from minigpt.config import FAMILIES, PRESETS, ModelConfig, flops_per_token, num_params, param_shapes
+
+# Published parameter counts, from the model cards / papers (not from our code):
+# GPT-1 paper "117M"; transformers' pretrained-model table for GPT-2 (124M, 355M, 774M, 1558M);
+# GPT-3 paper Table 2.1; LLaMA-2 paper ("6.74B" in Meta's model card); LLaMA-3-8B model card 8.03B;
+# ChatGLM-6B README "6.2B"; ChatGLM2-6B 6.24B; GLM-4-9B model card "9.4B".
+PUBLISHED_COUNTS = {
+    "openai-gpt": 117e6,
+    "gpt2-small": 124e6,
+    "gpt2-medium": 355e6,
+    "gpt2-large": 774e6,
+    "gpt2-xl": 1558e6,
+    "gpt3-175b": 175e9,
+    "llama-7b": 6.74e9,
+    "llama2-7b": 6.74e9,
+    "llama3-8b": 8.03e9,
+    "chatglm-6b": 6.2e9,
+    "chatglm2-6b": 6.24e9,
+    "glm4-9b": 9.4e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
+def test_num_params_published_within_one_percent(name):
+    total = num_params(ModelConfig.preset(name))["total"]
+    published = PUBLISHED_COUNTS[name]
+    assert abs(total - published) / published < 0.01, f"{name}: {total:,} vs published {published:,.0f}"
+
+
+def test_num_params_gpt2_small_exact():
+    # the exact count of the "gpt2" checkpoint on the Hugging Face hub: 124,439,808
+    assert num_params(ModelConfig.preset("gpt2-small"))["total"] == 124_439_808
+
+
+def test_num_params_splits_embedding_from_the_rest():
+    cfg = ModelConfig.preset("gpt2-small")
+    counts = num_params(cfg)
+    assert counts["embedding"] == 50257 * 768 + 1024 * 768
+    assert counts["total"] == counts["embedding"] + counts["non_embedding"]
+    untied = num_params(ModelConfig.preset("llama2-7b"))
+    assert untied["embedding"] == 2 * 32000 * 4096  # wte and lm_head
+
+
+def test_param_shapes_follow_the_switches():
+    cfg = ModelConfig.preset("llama", n_layer=1, d_model=64, n_head=4, n_kv_head=2)
+    shapes = param_shapes(cfg)
+    assert shapes["blocks.0.attn.wq"] == (64, 64)
+    assert shapes["blocks.0.attn.wk"] == (64, 32)  # 2 kv heads of 16
+    assert "blocks.0.attn.bq" not in shapes and "blocks.0.norm1.b" not in shapes
+    assert shapes["blocks.0.mlp.w_gate"] == (64, cfg.d_ff) and shapes["lm_head"] == (64, cfg.vocab_size)
+    assert "wpe" not in shapes
+    glm = param_shapes(ModelConfig.preset("glm", n_layer=1))
+    assert glm["wpe"] == glm["wbpe"] == (64, 64) and "lm_head" not in glm
+    chatglm2 = param_shapes(ModelConfig.preset("chatglm2", n_layer=1))
+    assert "blocks.0.attn.bk" in chatglm2 and "blocks.0.attn.bo" not in chatglm2
+
+
+def test_swiglu_hidden_size_rounds_up_to_multiple_of():
+    assert ModelConfig.preset("llama2-7b").d_ff == 11008        # int(8*4096/3) = 10922 -> 43*256
+    assert ModelConfig.preset("llama2-70b").d_ff == 28672       # *1.3, multiple of 4096
+    assert ModelConfig.preset("llama3-8b").d_ff == 14336        # *1.3, multiple of 1024
+    assert ModelConfig.preset("gpt2", d_model=48).d_ff == 192   # plain MLP: 4C
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = ModelConfig.preset("gpt3-175b")
+    N = num_params(cfg)["non_embedding"] + cfg.vocab_size * cfg.d_model
+    T = 2048
+    assert flops_per_token(cfg) == 6 * N + 12 * 96 * T * 12288
+    # at 175B parameters the attention term is a few percent
+    assert 1.0 < flops_per_token(cfg) / (6 * 175e9) < 1.05
+    assert flops_per_token(cfg, seq_len=1) < flops_per_token(cfg)
+
+
+def test_preset_tiny_families_have_tiny_sizes():
+    for name in FAMILIES:
+        cfg = ModelConfig.preset(name)
+        assert num_params(cfg)["total"] < 1e6, name
+
+
+def test_preset_switches_faithful():
+    gpt1 = ModelConfig.preset("gpt1")
+    assert (gpt1.norm_placement, gpt1.final_norm, gpt1.positions, gpt1.tie_embeddings) == ("post", False, "learned", True)
+    gpt2 = ModelConfig.preset("gpt2")
+    assert (gpt2.norm_placement, gpt2.final_norm, gpt2.scaled_residual_init) == ("pre", True, True)
+    assert ModelConfig.preset("gpt3").attention_pattern == "alternating"
+    llama = ModelConfig.preset("llama")
+    assert (llama.norm, llama.activation, llama.rope_pairing, llama.bias, llama.tie_embeddings) == \
+        ("rmsnorm", "swiglu", "half", False, False)
+    chatglm = ModelConfig.preset("chatglm-6b")
+    assert (chatglm.norm_placement, chatglm.positions, chatglm.attention) == ("deepnorm", "rope2d", "prefix")
+    assert chatglm.deepnorm_alpha == math.sqrt(56)
+    glm4 = ModelConfig.preset("glm4-9b")
+    assert (glm4.rotary_dim, glm4.rope_pairing, glm4.n_kv_head, glm4.qkv_bias, glm4.bias) == \
+        (64, "interleaved", 2, True, False)
+
+
+def test_preset_overrides_apply_and_rederive_d_ff():
+    cfg = ModelConfig.preset("llama2-7b", n_layer=2, d_model=64, n_head=4, n_kv_head=2, multiple_of=16)
+    assert (cfg.n_layer, cfg.d_model, cfg.d_ff) == (2, 64, 176)
+
+
+def test_preset_unknown_name_is_error():
+    with pytest.raises(ValueError, match="gpt5"):
+        ModelConfig.preset("gpt5")
+
+
+def test_preset_unknown_field_is_error():
+    with pytest.raises(ValueError, match="n_layers"):
+        ModelConfig.preset("gpt2", n_layers=2)
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(d_model=30, n_head=4), "d_model=30"),
+    (dict(n_head=4, n_kv_head=3), "n_kv_head=3"),
+    (dict(n_layer=0), "n_layer=0"),
+    (dict(vocab_size=-5), "vocab_size=-5"),
+    (dict(d_model=2.5), "d_model=2.5"),
+    (dict(d_ff=0), "d_ff=0"),
+    (dict(norm="batchnorm"), "batchnorm"),
+    (dict(norm_placement="sandwich"), "sandwich"),
+    (dict(activation="tanh"), "tanh"),
+    (dict(positions="alibi"), "alibi"),
+    (dict(rope_pairing="zigzag"), "zigzag"),
+    (dict(attention="bidirectional"), "bidirectional"),
+    (dict(attention_pattern="strided"), "strided"),
+    (dict(positions="rope", d_model=24, n_head=4, rotary_fraction=0.5), "rotary dim 3"),
+    (dict(positions="rope2d", d_model=24, n_head=4), "head_dim=6"),
+    (dict(rotary_fraction=0.0), "rotary_fraction"),
+    (dict(dropout=1.0), "dropout=1.0"),
+    (dict(norm_eps=0), "norm_eps=0"),
+    (dict(tie_embeddings="yes"), "tie_embeddings"),
+    (dict(activation="swiglu", bias=True), "bias=True"),
+])
+def test_config_invalid_is_error(fields, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**fields)
+
+
+def test_config_defaults_derive_kv_heads_and_d_ff():
+    cfg = ModelConfig(d_model=32, n_head=4)
+    assert cfg.n_kv_head == 4 and cfg.d_ff == 128 and cfg.head_dim == 8
+
+
+def test_every_preset_builds():
+    for name in PRESETS:
+        assert num_params(ModelConfig.preset(name))["total"] > 0, name
