@@ -1,0 +1,140 @@
+"""What every minigpt tokenizer shares: special tokens, id checks, reading text files, streaming encode.
+
+A tokenizer maps text to a list of integer ids and back:
+    encode(str) -> list[int]     decode(ids) -> str     vocab_size     special_tokens {str: id}
+    encode_iterable(chunks)      a generator of ids for a stream of text chunks (e.g. the lines of a big file)
+    save(directory) / load(path)
+
+Special tokens (e.g. "<|endoftext|>") are whole strings: wherever one appears in the text it becomes its own
+id, and the text on either side is tokenized separately, so no token ever spans a special token.
+"""
+import operator
+import re
+from pathlib import Path
+
+
+def check_special_tokens(special_tokens):
+    """A list of special token strings: each a non-empty str, none repeated."""
+    if isinstance(special_tokens, str):
+        raise ValueError(f"special_tokens must be a list of strings, got the string {special_tokens!r}; "
+                         f"write [{special_tokens!r}]")
+    specials = list(special_tokens or ())
+    for s in specials:
+        if not isinstance(s, str):
+            raise ValueError(f"a special token must be a str, got {s!r} ({type(s).__name__})")
+        if not s:
+            raise ValueError("a special token cannot be the empty string ''")
+    repeated = sorted({s for s in specials if specials.count(s) > 1})
+    if repeated:
+        raise ValueError(f"special tokens must be distinct; repeated: {repeated}")
+    return specials
+
+
+def special_splitter(specials):
+    """A compiled regex that finds any special token, the longest first where two start at the same place."""
+    if not specials:
+        return None
+    return re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+
+
+def split_specials(text, splitter):
+    """Yield (piece, is_special) in order: the text between special tokens, and each special token."""
+    if splitter is None:
+        if text:
+            yield text, False
+        return
+    start = 0
+    for match in splitter.finditer(text):
+        if match.start() > start:
+            yield text[start:match.start()], False
+        yield match.group(), True
+        start = match.end()
+    if start < len(text):
+        yield text[start:], False
+
+
+def as_int(value, what):
+    """An integer (Python or NumPy, not bool) as int; anything else is a ValueError naming it."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
+
+
+def check_ids(ids, vocab_size):
+    """ids (any iterable of integers, numpy ints included) -> list[int], each in [0, vocab_size)."""
+    out = []
+    for i in ids:
+        i = as_int(i, "a token id")
+        if not 0 <= i < vocab_size:
+            raise ValueError(f"token id {i} is out of range: this tokenizer's ids are 0..{vocab_size - 1}")
+        out.append(i)
+    return out
+
+
+def read_text_file(path):
+    """The text of a UTF-8 file; any other encoding is a ValueError naming the file and the bad byte."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the text files in it")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+                         f"({e.reason})") from None
+
+
+def read_texts(text_or_files):
+    """Training input -> list of texts. A str is text; a pathlib.Path is a UTF-8 file; or a list of either."""
+    items = [text_or_files] if isinstance(text_or_files, (str, Path)) else list(text_or_files)
+    texts = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, Path):
+            texts.append(read_text_file(item))
+        else:
+            raise ValueError(f"training input must be str (text) or pathlib.Path (a file), got {type(item).__name__}")
+    return texts
+
+
+class Tokenizer:
+    """The shared interface. Subclasses set self.special_tokens, self._splitter and implement
+    encode, decode, vocab_size, save, and _cut_points (where a stream may be cut without changing the ids)."""
+
+    special_tokens: dict
+
+    def encode_iterable(self, chunks):
+        """Yield the ids of "".join(chunks), identical to encode, holding only a little text at a time.
+
+        The text is kept in a buffer until a point where cutting cannot change the tokens (for BPE:
+        between a non-space and a space, or where letters meet digits or symbols; never inside a
+        special token), then everything before that point is encoded and yielded.
+        """
+        buffer = ""
+        for chunk in chunks:
+            if not isinstance(chunk, str):
+                raise ValueError(f"encode_iterable expects str chunks, got {type(chunk).__name__}")
+            buffer += chunk
+            cut = self._last_safe_cut(buffer)
+            if cut:
+                yield from self.encode(buffer[:cut])
+                buffer = buffer[cut:]
+        if buffer:
+            yield from self.encode(buffer)
+
+    def _last_safe_cut(self, buffer):
+        """The last cut point of buffer that no special token straddles (0 if none)."""
+        prefixes = {s[:k] for s in self.special_tokens for k in range(1, len(s))}
+        lengths = sorted({len(p) for p in prefixes})
+        for cut in self._cut_points(buffer):
+            if not any(buffer[max(0, cut - n):cut] in prefixes for n in lengths):
+                return cut
+        return 0
+
+    def _cut_points(self, buffer):
+        """Candidate cut points in buffer, from the last to the first."""
+        raise NotImplementedError
