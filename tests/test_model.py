@@ -1,0 +1,334 @@
+import numpy as np
+import pytest
+
+from minigpt.config import FAMILIES, ModelConfig, num_params, param_shapes
+from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.layers.loss import cross_entropy
+from minigpt.masks import causal_mask, prefix_mask
+from minigpt.model import Model
+
+TINY = dict(n_layer=2, d_model=32, max_seq_len=8, vocab_size=50, attn_window=4)
+B, T = 2, 8
+
+
+def tiny(name, **overrides):
+    return ModelConfig.preset(name, **{**TINY, **overrides})
+
+
+def batch(seed=0, shape=(B, T), vocab=50):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab, shape), rng.integers(0, vocab, shape)
+
+
+def forward_kwargs(cfg):
+    """A prefix for the prefix-attention families (one per sample), nothing for the others."""
+    return dict(prefix_len=np.array([3, 5])) if cfg.attention == "prefix" else {}
+
+
+def roughen(model, seed=1):
+    """Move every parameter off its init (unit norm scales, zero biases) so no gradient path is trivial."""
+    rng = np.random.default_rng(seed)
+    for value in model.params.values():
+        value += 0.2 * rng.standard_normal(value.shape)
+
+
+def check_model_gradients(model, ids, targets, entries=8, prepare=lambda: None, **kwargs):
+    """{param key: rel_error} of the loss gradient against centered differences, on sampled entries:
+    half anywhere in the tensor, half where the analytic gradient is nonzero."""
+    prepare()
+    model.zero_grad()
+    _, dlogits = cross_entropy(model.forward(ids, **kwargs), targets)
+    model.backward(dlogits)
+
+    def loss():
+        prepare()
+        return cross_entropy(model.forward(ids, **kwargs), targets)[0]
+
+    rng = np.random.default_rng(0)
+    errors = {}
+    for key, param in model.params.items():
+        analytic = model.grads[key].reshape(-1)
+        nonzero = np.flatnonzero(analytic)
+        picks = rng.choice(param.size, size=min(entries // 2, param.size), replace=False)
+        if nonzero.size:
+            picks = np.union1d(picks, rng.choice(nonzero, size=min(entries // 2, nonzero.size), replace=False))
+        # h = 1e-5, not 1e-6: a whole model's loss carries more roundoff than one layer's output, and
+        # some entries' gradients are small (the key bias's, felt only through RoPE's rotated channels)
+        idx, numeric = numerical_gradient(loss, param, h=1e-5, indices=picks)
+        if np.abs(numeric).max() < 1e-9:
+            # a gradient that is truly 0, like the key bias's without RoPE (softmax ignores a constant
+            # added to a whole row of scores): rel_error of two roundoff values means nothing, compare absolutely
+            errors[key] = float(np.abs(analytic[idx] - numeric).max())
+        else:
+            errors[key] = rel_error(analytic[idx], numeric)
+    return errors
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_gradients_every_parameter(name):
+    cfg = tiny(name)
+    model = Model(cfg, seed=0, dtype="float64")
+    roughen(model)
+    ids, targets = batch()
+    errors = check_model_gradients(model, ids, targets, **forward_kwargs(cfg))
+    assert set(errors) == set(param_shapes(cfg))
+    worst = max(errors, key=errors.get)
+    print(f"{name}: worst rel_error {errors[worst]:.1e} ({worst})")
+    assert errors[worst] < 1e-6, {k: e for k, e in errors.items() if e >= 1e-6}
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("gpt1", dict(positions="sinusoidal")),
+    ("gpt2", dict(activation="relu", tie_embeddings=False, qkv_bias=False)),
+    ("gpt2", dict(activation="gelu", norm="rmsnorm", n_kv_head=1)),
+    ("llama", dict(activation="geglu", n_kv_head=1, rope_pairing="interleaved", rotary_fraction=0.5)),
+    ("chatglm", dict(norm="rmsnorm", tie_embeddings=False, final_norm=False)),
+])
+def test_model_gradients_other_switches(name, overrides):
+    cfg = tiny(name, **overrides)
+    model = Model(cfg, seed=0, dtype="float64")
+    roughen(model)
+    ids, targets = batch(seed=2)
+    errors = check_model_gradients(model, ids, targets, entries=4, **forward_kwargs(cfg))
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_model_gradients_with_dropout():
+    cfg = tiny("gpt2", dropout=0.3)
+    model = Model(cfg, seed=0, dtype="float64").train()
+    roughen(model)
+    ids, targets = batch()
+
+    def same_masks():  # the same dropout masks in every forward, so finite differences are meaningful
+        model.dropout_rng = np.random.default_rng(7)
+
+    errors = check_model_gradients(model, ids, targets, entries=4, prepare=same_masks)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_model_gradients_with_explicit_positions():
+    cfg = tiny("glm")
+    model = Model(cfg, seed=0, dtype="float64")
+    roughen(model)
+    ids, targets = batch()
+    pos = np.array([[0, 1, 2, 3, 4, 2, 2, 2], [0, 1, 2, 3, 4, 5, 6, 7]])
+    block = np.array([[0, 0, 0, 0, 0, 1, 2, 3], [0, 0, 0, 0, 0, 0, 0, 0]])
+    errors = check_model_gradients(model, ids, targets, entries=4, position_ids=pos, block_position_ids=block,
+                                   prefix_len=np.array([5, 8]))
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_model_tied_head_accumulates_both_paths():
+    tied = Model(tiny("gpt2"), seed=0, dtype="float64")
+    roughen(tied)
+    params = {k: v.copy() for k, v in tied.params.items()}
+    params["lm_head"] = params["wte"].T.copy()
+    untied = Model(tiny("gpt2", tie_embeddings=False), dtype="float64", params=params)
+    ids, targets = batch()
+    for model in (tied, untied):
+        _, dlogits = cross_entropy(model.forward(ids), targets)
+        model.backward(dlogits)
+    embedding_path, head_path = untied.grads["wte"], untied.grads["lm_head"].T
+    assert np.abs(head_path).max() > 0 and np.abs(embedding_path).max() > 0
+    np.testing.assert_allclose(tied.grads["wte"], embedding_path + head_path, rtol=1e-12, atol=1e-14)
+
+
+def test_model_backward_accumulates_and_zero_grad_clears():
+    model = Model(tiny("llama"), seed=0, dtype="float64")
+    ids, targets = batch()
+    for _ in range(2):
+        _, dlogits = cross_entropy(model.forward(ids), targets)
+        model.backward(dlogits)
+    once = Model(tiny("llama"), seed=0, dtype="float64")
+    _, dlogits = cross_entropy(once.forward(ids), targets)
+    once.backward(dlogits)
+    np.testing.assert_allclose(model.grads["blocks.0.attn.wq"], 2 * once.grads["blocks.0.attn.wq"], rtol=1e-12)
+    held = model.grads["wte"]
+    model.zero_grad()
+    assert held is model.grads["wte"] and not any(np.any(g) for g in model.grads.values())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_params_match_config_count(name):
+    cfg = tiny(name)
+    model = Model(cfg)
+    assert num_params(cfg)["total"] == sum(p.size for p in model.params.values()) == model.num_params()
+    assert model.params.keys() == model.grads.keys()
+    for key, value in model.params.items():
+        assert model.grads[key].shape == value.shape and value.dtype == np.float32, key
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_float32_in_float32_out(name):
+    cfg = tiny(name)
+    model = Model(cfg)
+    ids, targets = batch()
+    logits = model.forward(ids, **forward_kwargs(cfg))
+    assert logits.shape == (B, T, 50) and logits.dtype == np.float32
+    _, dlogits = cross_entropy(logits, targets)
+    model.backward(dlogits)
+    assert all(g.dtype == np.float32 for g in model.grads.values())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_causal_later_tokens_leave_earlier_outputs(name):
+    model = Model(tiny(name), seed=0, dtype="float64")
+    roughen(model)
+    ids, _ = batch()
+    base = model.forward(ids)
+    for t in (2, 5):
+        changed = ids.copy()
+        changed[:, t] = (changed[:, t] + 1) % 50
+        out = model.forward(changed)
+        np.testing.assert_array_equal(out[:, :t], base[:, :t])
+        assert np.all(np.abs(out[:, t:] - base[:, t:]).max(axis=-1) > 0)
+
+
+@pytest.mark.parametrize("name", ["glm", "chatglm"])
+def test_model_prefix_sees_itself_not_what_follows(name):
+    model = Model(tiny(name), seed=0, dtype="float64")
+    roughen(model)
+    ids, _ = batch()
+    P = 4
+    base = model.forward(ids, prefix_len=P)
+    after = ids.copy()
+    after[:, P + 1] = (after[:, P + 1] + 1) % 50          # a token after the prefix
+    out = model.forward(after, prefix_len=P)
+    np.testing.assert_array_equal(out[:, :P], base[:, :P])
+    inside = ids.copy()
+    inside[:, P - 1] = (inside[:, P - 1] + 1) % 50         # the last prefix token: every prefix position sees it
+    out = model.forward(inside, prefix_len=P)
+    assert np.all(np.abs(out[:, :P] - base[:, :P]).max(axis=-1) > 1e-8)
+
+
+def test_model_prefix_len_per_sample_and_zero_is_causal():
+    model = Model(tiny("glm"), seed=0, dtype="float64")
+    ids, _ = batch()
+    np.testing.assert_array_equal(model.forward(ids, prefix_len=0), model.forward(ids))
+    both = model.forward(ids, prefix_len=np.array([3, 6]))
+    np.testing.assert_array_equal(both[0], model.forward(ids[:1], prefix_len=3)[0])
+    np.testing.assert_array_equal(both[1], model.forward(ids[1:], prefix_len=6)[0])
+
+
+def test_model_attn_mask_replaces_the_default():
+    model = Model(tiny("glm"), seed=0, dtype="float64")
+    ids, _ = batch()
+    np.testing.assert_array_equal(model.forward(ids, attn_mask=causal_mask(T)), model.forward(ids))
+    np.testing.assert_array_equal(model.forward(ids, attn_mask=prefix_mask(T, np.array([2, 7]))),
+                                  model.forward(ids, prefix_len=np.array([2, 7])))
+
+
+def test_model_gpt3_odd_layers_are_banded():
+    gpt3 = Model(tiny("gpt3"), seed=0, dtype="float64")
+    dense = Model(tiny("gpt3", attention_pattern="dense"), dtype="float64", params=gpt3.params)
+    ids, _ = batch()
+    banded_out, dense_out = gpt3.forward(ids), dense.forward(ids)
+    window = gpt3.config.attn_window
+    # within the first block the band is the causal mask; past it, the banded layer sees less
+    np.testing.assert_allclose(banded_out[:, :window], dense_out[:, :window], rtol=1e-12)
+    assert np.all(np.abs(banded_out[:, window:] - dense_out[:, window:]).max(axis=-1) > 1e-8)
+
+
+def test_model_default_positions_are_arange_and_block_zero():
+    model = Model(tiny("chatglm"), seed=0, dtype="float64")
+    ids, _ = batch()
+    explicit = model.forward(ids, position_ids=np.arange(T), block_position_ids=np.zeros((B, T), dtype=int))
+    np.testing.assert_array_equal(model.forward(ids), explicit)
+    # RoPE sees relative positions only: shifting every block id by 1 changes nothing, spreading them does
+    np.testing.assert_allclose(model.forward(ids, block_position_ids=np.ones((B, T), dtype=int)), explicit,
+                               rtol=1e-10, atol=1e-12)
+    assert not np.allclose(model.forward(ids, block_position_ids=np.arange(T)), explicit)
+
+
+def test_model_dropout_only_in_train_mode():
+    model = Model(tiny("gpt2", dropout=0.5), seed=0)
+    ids, _ = batch()
+    assert not np.array_equal(model.train().forward(ids), model.forward(ids))
+    plain = Model(tiny("gpt2"), seed=0)
+    np.testing.assert_array_equal(model.eval().forward(ids), plain.forward(ids))
+
+
+def test_model_seed_and_scaled_residual_init():
+    cfg = ModelConfig.preset("gpt2", n_layer=8, d_model=256, n_head=4)
+    a, b = Model(cfg, seed=3), Model(cfg, seed=3)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["wte"], Model(cfg, seed=4).params["wte"])
+    assert abs(a.params["blocks.0.attn.wq"].std() - 0.02) < 0.001
+    assert abs(a.params["blocks.0.attn.wo"].std() - 0.02 / 4) < 0.0005    # 0.02 / sqrt(2 * 8)
+    assert abs(a.params["blocks.0.mlp.w_down"].std() - 0.02 / 4) < 0.0005
+    assert np.all(a.params["blocks.0.norm1.w"] == 1) and np.all(a.params["blocks.0.attn.bq"] == 0)
+
+
+def test_model_float64_matches_float32():
+    ids, _ = batch()
+    f64 = Model(tiny("llama"), seed=0, dtype="float64").forward(ids)
+    f32 = Model(tiny("llama"), seed=0).forward(ids)
+    np.testing.assert_allclose(f32, f64, rtol=1e-4, atol=1e-5)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ids, match", [
+    (np.zeros((2, 4)), "dtype float64"),
+    (np.array([[1, 2, 50]]), "token id 50"),
+    (np.array([[1, -1]]), "token id -1"),
+    (np.array([1, 2, 3]), r"shape \(3,\)"),
+    (np.zeros((2, 0), dtype=int), "non-empty"),
+    (np.zeros((1, 9), dtype=int), "T=9"),
+])
+def test_model_bad_ids_is_error(ids, match):
+    with pytest.raises(ValueError, match=match):
+        Model(tiny("gpt2")).forward(ids)
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("glm", dict(prefix_len=9), "prefix_len: 9"),
+    ("glm", dict(prefix_len=np.array([2, -1])), "prefix_len: -1"),
+    ("glm", dict(prefix_len=np.array([1, 2, 3])), r"shape \(B,\)"),
+    ("glm", dict(prefix_len=2.5), "prefix_len"),
+    ("gpt2", dict(prefix_len=3), "attention='causal'"),
+    ("glm", dict(prefix_len=3, attn_mask=causal_mask(T)), "not both"),
+    ("gpt2", dict(attn_mask=np.ones((T, T))), "dtype float64"),
+    ("gpt2", dict(attn_mask=np.ones((3, T, T), dtype=bool)), "B=2"),
+    ("gpt2", dict(position_ids=np.arange(1, T + 1)), "position_ids: 8"),
+    ("gpt2", dict(position_ids=np.arange(T - 1)), "position_ids"),
+    ("llama", dict(position_ids=-np.arange(T)), "position_ids: -1"),
+    ("gpt2", dict(block_position_ids=np.zeros(T, dtype=int)), "block_position_ids"),
+    ("glm", dict(block_position_ids=np.full(T, 8)), "block_position_ids: 8"),
+])
+def test_model_bad_forward_arguments_are_errors(name, kwargs, match):
+    ids, _ = batch()
+    with pytest.raises(ValueError, match=match):
+        Model(tiny(name)).forward(ids, **kwargs)
+
+
+def test_model_failed_forward_keeps_the_last_good_one():
+    model = Model(tiny("gpt2"), dtype="float64")
+    ids, targets = batch()
+    _, dlogits = cross_entropy(model.forward(ids), targets)
+    with pytest.raises(ValueError):
+        model.forward(ids + 100)
+    model.backward(dlogits)  # still the first forward's caches
+    assert np.any(model.grads["wte"])
+
+
+def test_model_backward_errors():
+    model = Model(tiny("gpt2"))
+    with pytest.raises(ValueError, match="forward first"):
+        model.backward(np.zeros((B, T, 50), dtype=np.float32))
+    model.forward(batch()[0])
+    with pytest.raises(ValueError, match=r"\(2, 8, 50\)"):
+        model.backward(np.zeros((B, T, 49), dtype=np.float32))
+
+
+def test_model_given_params_are_checked():
+    cfg = tiny("llama")
+    params = Model(cfg).params
+    assert Model(cfg, params=params).params["wte"] is params["wte"]  # used as they are
+    with pytest.raises(ValueError, match="missing .'lm_head'."):
+        Model(cfg, params={k: v for k, v in params.items() if k != "lm_head"})
+    with pytest.raises(ValueError, match="unexpected .'extra'."):
+        Model(cfg, params={**params, "extra": params["wte"]})
+    with pytest.raises(ValueError, match="blocks.0.attn.wk"):
+        Model(cfg, params={**params, "blocks.0.attn.wk": params["blocks.0.attn.wq"]})
+    with pytest.raises(ValueError, match="ModelConfig"):
+        Model({"n_layer": 2})
