@@ -1,0 +1,99 @@
+"""Elementwise activation functions and their derivatives.
+
+Dimension letters: any shape; every function acts on each entry on its own, so each backward
+is dx = dout * f'(x), entry by entry.
+
+ReLU (the original Transformer's MLP):
+    f(x)  = max(x, 0)
+    f'(x) = 1 where x > 0, else 0
+
+GELU (GPT-1, GPT-2, GPT-3, GLM), x weighted by the probability Phi(x) that a standard normal is below x:
+    f(x)  = x Phi(x),   Phi(x) = (1 + erf(x / sqrt(2))) / 2
+    f'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi), the normal density (product rule)
+
+GELU, tanh approximation (what GPT-2's released code and weights use):
+    f(x)  = x (1 + tanh(u)) / 2,   u = sqrt(2/pi) (x + 0.044715 x^3)
+    f'(x) = (1 + tanh(u)) / 2 + x (1 - tanh(u)^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+            (product rule; tanh' = 1 - tanh^2; chain rule through u)
+
+SiLU, also called Swish (the gate of LLaMA's and ChatGLM2's SwiGLU):
+    f(x)  = x s(x),   s(x) = 1 / (1 + exp(-x)), the logistic sigmoid
+    f'(x) = s + x s (1 - s) = s (1 + x (1 - s))        using s' = s (1 - s)
+We compute s as (1 + tanh(x/2)) / 2, the same function, written so that no exp can overflow.
+
+Each forward caches what its derivative needs, computed once: the mask, Phi, tanh(u) or s.
+"""
+import math
+
+from minigpt.backend import erf, get_xp
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def relu_forward(x):
+    """max(x, 0). x (...) -> out (...), cache"""
+    xp = get_xp(x)
+    return xp.maximum(x, 0), x > 0                               # cache: where x > 0, (...) bool
+
+
+def relu_backward(dout, cache):
+    """dout (...) -> dx (...): the gradient passes where x was positive."""
+    return dout * cache
+
+
+def gelu_forward(x):
+    """Exact GELU, x Phi(x) with the error function. x (...) -> out (...), cache"""
+    cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))                      # (...) Phi(x)
+    return x * cdf, (x, cdf)
+
+
+def gelu_backward(dout, cache):
+    """dout (...) -> dx (...)"""
+    x, cdf = cache
+    xp = get_xp(x)
+    pdf = xp.exp(-0.5 * x * x) * INV_SQRT_2PI                    # (...) phi(x)
+    return dout * (cdf + x * pdf)                                # undoes x * Phi(x) (product rule)
+
+
+def gelu_tanh_forward(x):
+    """GELU with the tanh approximation of GPT-2. x (...) -> out (...), cache"""
+    xp = get_xp(x)
+    t = xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))     # (...) tanh(u)
+    return 0.5 * x * (1.0 + t), (x, t)
+
+
+def gelu_tanh_backward(dout, cache):
+    """dout (...) -> dx (...)"""
+    x, t = cache
+    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)      # (...) undoes u = sqrt(2/pi)(x + 0.044715 x^3)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+def silu_forward(x):
+    """SiLU / Swish, x * sigmoid(x). x (...) -> out (...), cache"""
+    xp = get_xp(x)
+    s = 0.5 * (1.0 + xp.tanh(0.5 * x))                           # (...) sigmoid(x), overflow-free
+    return x * s, (x, s)
+
+
+def silu_backward(dout, cache):
+    """dout (...) -> dx (...)"""
+    x, s = cache
+    return dout * (s * (1.0 + x * (1.0 - s)))                    # undoes x * s(x) (product rule, s' = s(1 - s))
+
+
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "gelu": (gelu_forward, gelu_backward),
+    "gelu_tanh": (gelu_tanh_forward, gelu_tanh_backward),
+    "silu": (silu_forward, silu_backward),
+}
+
+
+def get_activation(name):
+    """(forward, backward) for an activation name; an unknown name is a ValueError listing the known ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is unknown; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
