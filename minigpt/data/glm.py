@@ -308,13 +308,19 @@ class GLMCollator:
         batch = collate(texts, seed=step)     # the same seed gives the same batch
     """
 
-    def __init__(self, special, mode="span", length=None, **options):
+    def __init__(self, special, mode="span", length=None, mask_ratio=0.15, poisson_lambda=3.0, max_span=39,
+                 sentence_end_ids=None, generation_range=(0.5, 1.0)):
         self.special = GLMSpecialIds.coerce(special)
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-        self.mode, self.length, self.options = mode, length, options
+        if mode == "sentence" and sentence_end_ids is None:
+            raise ValueError("sentence mode needs sentence_end_ids (the ids that end a sentence, e.g. '.')")
+        self.mode, self.length = mode, length
+        self.options = dict(mask_ratio=mask_ratio, poisson_lambda=poisson_lambda, max_span=max_span,
+                            sentence_end_ids=sentence_end_ids, generation_range=generation_range)
 
     def __call__(self, texts, seed=0):
+        """texts: a list of token-id sequences -> GLMBatch; one np.random.default_rng(seed) draws for all."""
         rng = np.random.default_rng(seed)
         samples = [glm_sample(t, self.special, self.mode, seed=rng, **self.options) for t in texts]
         return glm_collate(samples, self.special.pad, self.length)
