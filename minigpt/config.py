@@ -24,7 +24,7 @@ training compute.
 """
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post", "deepnorm")
@@ -64,8 +64,10 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     scaled_residual_init: bool = False    # GPT-2: residual projections (attn.wo, mlp.w_down) get std / sqrt(2L)
-    multiple_of: int = 1                  # gated MLPs: hidden rounded up to a multiple of this (LLaMA: 256)
-    ffn_dim_multiplier: float | None = None  # LLaMA-2-70B / LLaMA-3: hidden scaled by this before rounding
+    # How a gated MLP's d_ff is derived when d_ff is None. Once d_ff is set they change nothing, so two
+    # configs with the same d_ff compare equal whatever these say (compare=False).
+    multiple_of: int = field(default=1, compare=False)   # hidden rounded up to a multiple of this (LLaMA: 256)
+    ffn_dim_multiplier: float | None = field(default=None, compare=False)  # LLaMA-2-70B / 3: scale before rounding
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "d_model", "n_head", "max_seq_len", "attn_window", "multiple_of"):

@@ -149,3 +149,9 @@ def test_config_defaults_derive_kv_heads_and_d_ff():
 def test_every_preset_builds():
     for name in PRESETS:
         assert num_params(ModelConfig.preset(name))["total"] > 0, name
+
+
+def test_config_equality_ignores_how_d_ff_was_derived():
+    derived = ModelConfig.preset("llama2-7b")
+    assert derived == ModelConfig.preset("llama2-7b", d_ff=11008, multiple_of=1)
+    assert derived != ModelConfig.preset("llama2-7b", d_ff=11264)
