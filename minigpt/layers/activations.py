@@ -67,7 +67,7 @@ def gelu_tanh_forward(x):
 def gelu_tanh_backward(dout, cache):
     """dout (...) -> dx (...)"""
     x, t = cache
-    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)      # (...) undoes u = sqrt(2/pi)(x + 0.044715 x^3)
+    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)      # (...) du/dx, from u = sqrt(2/pi)(x + 0.044715 x^3)
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
 
 

@@ -18,8 +18,9 @@ zero. A token that occurs k times gets k terms: this is a scatter-ADD, not a sca
 How we add fast, without a Python loop over tokens: number the U distinct ids 0..U-1 (their
 "slot"); then (slot, channel) names one cell of a (U, C) table, and a single `bincount` with
 dout as weights sums every token's contribution into its cell. Finally the U rows are written
-into the (V, C) gradient. On (8, 256) ids, V=5000, C=256 this takes 1.7 ms against 4.7 ms for
-`xp.add.at(dweight, ids, dout)` (NumPy 2.4), and it is no slower at GPT-2's V=50257, C=768.
+into the (V, C) gradient. On (8, 256) ids, V=5000, C=256 this takes 1.5 ms against 4.8 ms for
+`xp.add.at(dweight, ids, dout)` (NumPy 2.4), and about as long as add.at at GPT-2's size
+(V=50257, C=768).
 bincount accumulates in float64; the result is stored in dout's dtype.
 """
 from minigpt.backend import get_xp, is_integer_array
