@@ -1,2 +1,16 @@
-"""minigpt: decoder-only language models built from scratch in NumPy, every backward pass by hand."""
+"""minigpt: decoder-only language models built from scratch in NumPy, every backward pass by hand.
+
+    import minigpt
+    cfg = minigpt.ModelConfig.preset("llama", n_layer=2, d_model=64)
+    model = minigpt.Model(cfg, seed=0)
+    logits = model.forward(ids)                          # ids int (B, T) -> (B, T, V)
+    loss, dlogits = minigpt.cross_entropy(logits, targets)
+    model.zero_grad(); model.backward(dlogits)           # model.grads[k] matches model.params[k]
+"""
 __version__ = "0.1.0"
+
+from minigpt.config import ModelConfig  # noqa: E402
+from minigpt.layers.loss import cross_entropy  # noqa: E402
+from minigpt.model import Model  # noqa: E402
+
+__all__ = ["ModelConfig", "Model", "cross_entropy", "__version__"]
