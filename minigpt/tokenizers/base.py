@@ -12,6 +12,8 @@ import operator
 import re
 from pathlib import Path
 
+from minigpt.data.corpus import corpus_files, read_text_file
+
 
 def check_special_tokens(special_tokens):
     """A list of special token strings: each a non-empty str, none repeated."""
@@ -74,30 +76,20 @@ def check_ids(ids, vocab_size):
     return out
 
 
-def read_text_file(path):
-    """The text of a UTF-8 file; any other encoding is a ValueError naming the file and the bad byte."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the text files in it")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
-                         f"({e.reason})") from None
-
-
 def read_texts(text_or_files):
-    """Training input -> list of texts. A str is text; a pathlib.Path is a UTF-8 file; or a list of either."""
+    """Training input -> list of texts. A str is text; a pathlib.Path is a UTF-8 file or a folder of them
+    (every file under it, hidden ones skipped); or a list of any of these."""
     items = [text_or_files] if isinstance(text_or_files, (str, Path)) else list(text_or_files)
     texts = []
     for item in items:
         if isinstance(item, str):
             texts.append(item)
         elif isinstance(item, Path):
-            texts.append(read_text_file(item))
+            files = corpus_files(item) if item.is_dir() else [item]
+            texts.extend(read_text_file(f) for f in files)
         else:
-            raise ValueError(f"training input must be str (text) or pathlib.Path (a file), got {type(item).__name__}")
+            raise ValueError(f"training input must be str (text) or pathlib.Path (a file or folder), "
+                             f"got {type(item).__name__}")
     return texts
 
 

@@ -1,0 +1,398 @@
+"""Tokenizers: round trips (hypothesis), BPE training against a naive reference, GPT-2 / Hugging Face parity, bad input."""
+import io
+import itertools
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minigpt.data import load_corpus
+from minigpt.tokenizers import BPETokenizer, CharTokenizer, GPT2_PATTERN, bytes_to_unicode, load
+
+EOT = "<|endoftext|>"
+CHINESE = "今天天气很好。我们去公园散步吧！自然语言处理很有趣。"
+CODE = 'def add(a, b):\n    """Add two numbers."""\n    return a + b  # 1 + 2 == 3\n\n\nprint(add(40, 2))\n'
+
+# Text that stresses pre-tokenization: contractions, digit runs, space and newline runs, code, Chinese,
+# emoji (4-byte UTF-8), combining marks, symbols, special tokens.
+SAMPLES = [
+    "",
+    "Hello, world! It's 2024 and we're testing GPT-2's tokenizer; they'll see.",
+    CODE,
+    CHINESE,
+    "今天天气很好",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 and flags 🇨🇳🇺🇸",
+    "combining e\u0301 a\u0308 n\u0303 and precomposed é ä ñ",
+    "digits 1234567890 3.14159 1,000,000 2024-01-01 0x1F",
+    "   leading spaces\n\n\n   \t\ttabs\r\n windows  \n \n trailing   ",
+    f"one{EOT}two {EOT} three{EOT}{EOT}\n{EOT}",
+    "<|endoftext partial <|endoftext|",
+    "symbols !@#$%^&*()_+-=[]{}|;':\",./<>?`~ «guillemets» — dash … ellipsis",
+]
+
+texts = st.one_of(
+    st.text(),
+    st.lists(st.sampled_from(list("ab 今天气很好\n\t'sé\u0301😀1,.<|>") + ["'s", "'ll", EOT, "  ", "\r\n"]))
+    .map("".join),
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("builtin")[:150_000] + "\n" + CHINESE * 3 + "\n" + CODE + EOT + "The end."
+
+
+@pytest.fixture(scope="module")
+def bpe(corpus):
+    return BPETokenizer.train(corpus, vocab_size=420, special_tokens=[EOT, "<|im_start|>"])
+
+
+@pytest.fixture(scope="module")
+def saved(bpe, tmp_path_factory):
+    return bpe.save(tmp_path_factory.mktemp("bpe"))
+
+
+# ---------------------------------------------------------------- a naive BPE, the oracle for training
+def naive_merges(text, n_merges, specials):
+    """The textbook algorithm: recount every pair every time, take the most frequent, greatest bytes on a tie."""
+    pieces = re.split("|".join(map(re.escape, specials)), text) if specials else [text]
+    words = Counter()
+    for piece in pieces:
+        for w in regex.findall(GPT2_PATTERN, piece):
+            words[tuple(bytes([b]) for b in w.encode("utf-8"))] += 1
+    merges = []
+    for _ in range(n_merges):
+        pairs = Counter()
+        for w, f in words.items():
+            for p in zip(w, w[1:]):
+                pairs[p] += f
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))
+        merges.append(best)
+        merged = Counter()
+        for w, f in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if w[i:i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] += f
+        words = merged
+    return merges
+
+
+def test_bpe_train_matches_naive_reference(corpus):
+    text = corpus[:30000]
+    tok = BPETokenizer.train(text, vocab_size=256 + 120 + 1, special_tokens=[EOT])
+    assert tok.merges == naive_merges(text, 120, [EOT])
+
+
+def test_bpe_train_is_deterministic(corpus):
+    half = len(corpus) // 2
+    a = BPETokenizer.train([corpus[:half], corpus[half:]], 400, [EOT])
+    b = BPETokenizer.train([corpus[half:], corpus[:half]], 400, [EOT])   # same counts, other dict order
+    assert a.merges == b.merges and a.vocab == b.vocab
+    assert a.encode(corpus[:5000]) == b.encode(corpus[:5000])
+
+
+def test_bpe_tie_goes_to_greatest_pair():
+    # every pair occurs once: (b"c", b"d") > (b"a", b"b") > (b" ", b"c") as byte strings
+    tok = BPETokenizer.train("ab cd", 256 + 3)
+    assert tok.merges == [(b"c", b"d"), (b"a", b"b"), (b" ", b"cd")]
+
+
+def test_bpe_frequency_beats_tie_break():
+    tok = BPETokenizer.train("ab ab ab zz", 256 + 1)
+    assert tok.merges == [(b"a", b"b")]                # 3 x (a, b) beats 1 x (z, z)
+
+
+def test_bpe_ids_bytes_then_merges_then_specials(bpe):
+    assert [bpe.vocab[i] for i in range(256)] == [bytes([b]) for b in range(256)]
+    assert [bpe.vocab[256 + k] for k in range(len(bpe.merges))] == [a + b for a, b in bpe.merges]
+    n = 256 + len(bpe.merges)
+    assert bpe.special_tokens == {EOT: n, "<|im_start|>": n + 1}
+    assert bpe.vocab_size == 420 == n + 2
+
+
+def test_bpe_never_merges_across_pretokens():
+    tok = BPETokenizer.train("ab " * 200 + "\n" * 50, 256 + 10)
+    for token in tok.vocab.values():
+        if len(token) > 1:                             # one whole pre-token, or a piece of one
+            assert len(regex.findall(GPT2_PATTERN, token.decode())) == 1, token
+    assert all(b"b " not in t for t in tok.vocab.values())
+
+
+def test_bpe_specials_kept_whole(bpe):
+    assert all(b"<|" not in bpe.vocab[i] for i in range(256, 256 + len(bpe.merges)))
+    eot = bpe.special_tokens[EOT]
+    assert bpe.encode(EOT) == [eot]
+    assert bpe.encode(f"a{EOT}b") == bpe.encode("a") + [eot] + bpe.encode("b")
+    assert bpe.encode("<|endoftext|") == bpe.encode("<|") + bpe.encode("endoftext") + bpe.encode("|")
+    assert bpe.decode([eot]) == EOT
+
+
+def test_bpe_longest_special_wins():
+    tok = BPETokenizer.train("some text", 260, ["<|a|>", "<|a|><|b|>"])
+    assert tok.encode("<|a|><|b|><|a|>") == [tok.special_tokens["<|a|><|b|>"], tok.special_tokens["<|a|>"]]
+
+
+def test_bpe_compresses(bpe, corpus):
+    ids = bpe.encode(corpus)
+    assert len(ids) < 0.6 * len(corpus.encode("utf-8"))
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_bpe_round_trip_samples(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts)
+def test_bpe_round_trip_any_text(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=40))
+def test_bpe_decode_invalid_utf8_replaces(bpe, data):
+    assert bpe.decode(list(data)) == data.decode("utf-8", errors="replace")   # ids 0..255 are the bytes
+
+
+def test_bpe_decode_invalid_utf8_examples(bpe):
+    first_byte_of_jin = "今".encode()[0]
+    assert bpe.decode([first_byte_of_jin]) == "\ufffd"
+    assert bpe.decode([ord("a"), 0xFF, ord("b")]) == "a\ufffdb"
+    assert bpe.decode(np.array([104, 105], dtype=np.int64)) == "hi"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts, sizes=st.lists(st.integers(1, 7), min_size=1, max_size=5))
+def test_bpe_encode_iterable_equals_encode(bpe, text, sizes):
+    chunks, start = [], 0
+    for size in itertools.cycle(sizes):
+        if start >= len(text):
+            break
+        chunks.append(text[start:start + size])
+        start += size
+    assert list(bpe.encode_iterable(chunks)) == bpe.encode(text)
+
+
+def test_bpe_encode_iterable_lines_and_laziness(bpe, corpus):
+    assert list(bpe.encode_iterable(io.StringIO(corpus))) == bpe.encode(corpus)
+
+    def lines_then_fail():
+        yield "first line of text\n"
+        yield "second line\n"
+        raise AssertionError("encode_iterable read further than it needed")
+
+    first = list(itertools.islice(bpe.encode_iterable(lines_then_fail()), 3))
+    assert first == bpe.encode("first line of text")[:3]
+
+
+def test_bpe_cache_is_bounded(corpus):
+    tok = BPETokenizer.train(corpus[:20000], 300)
+    tok._cache_size = 50
+    ids = tok.encode(corpus)
+    assert len(tok._cache) <= 50
+    assert ids == BPETokenizer(tok.vocab, tok.merges).encode(corpus)
+
+
+# ---------------------------------------------------------------- GPT-2's files and tokenizer.json
+def test_gpt2_byte_map():
+    m = bytes_to_unicode()
+    assert sorted(m) == list(range(256)) and len(set(m.values())) == 256
+    assert m[ord(" ")] == "Ġ" and m[ord("\n")] == "Ċ" and m[ord("a")] == "a" and m[ord("!")] == "!"
+    assert all(c.isprintable() and not c.isspace() for c in m.values())
+
+
+def test_bpe_save_load_round_trip(bpe, saved):
+    assert {p.name for p in Path(saved).iterdir()} >= {"vocab.json", "merges.txt", "tokenizer.json"}
+    merges_txt = (Path(saved) / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges_txt[0].startswith("#version") and len(merges_txt) == 1 + len(bpe.merges)
+    assert json.loads((Path(saved) / "vocab.json").read_text(encoding="utf-8"))[EOT] == bpe.special_tokens[EOT]
+    for loaded in (BPETokenizer.load(saved), BPETokenizer.load(Path(saved) / "tokenizer.json"),
+                   BPETokenizer.from_gpt2_files(Path(saved) / "vocab.json", Path(saved) / "merges.txt"), load(saved)):
+        assert loaded.vocab == bpe.vocab and loaded.merges == bpe.merges
+        assert loaded.special_tokens == bpe.special_tokens
+        assert all(loaded.encode(s) == bpe.encode(s) for s in SAMPLES)
+
+
+def test_gpt2_layout_ids_come_from_vocab_json(tmp_path):
+    """GPT-2's files do not put byte b at id b: "!" is 0 and the space byte is 220. Build such files by hand."""
+    m = bytes_to_unicode()
+    strings = sorted(m.values())                     # GPT-2's id order: printable bytes first, shifted ones last
+    vocab = {s: i for i, s in enumerate(strings)}
+    vocab.update({"Ġt": 256, "he": 257, "Ġthe": 258, EOT: 259})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nh e\nĠt he\n", encoding="utf-8")
+    tok = BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    assert tok.special_tokens == {EOT: 259}
+    assert tok.encode(" the") == [258]
+    assert tok.encode("!") == [0] and tok.encode(" ") == [220] and tok.encode("\n") == [198]
+    assert tok.encode(f"he{EOT}") == [257, 259]
+    assert tok.decode([258, 259, 0]) == f" the{EOT}!"
+
+
+def test_bpe_refuses_tokenizer_json_it_would_not_reproduce(saved, tmp_path):
+    spec = json.loads((Path(saved) / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="add_prefix_space"):
+        BPETokenizer.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizers():
+    return pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is not installed (extra: parity)")
+
+
+def test_bpe_matches_hf_bytelevel_bpe(bpe, saved, hf_tokenizers):
+    from_gpt2_files = hf_tokenizers.ByteLevelBPETokenizer(str(Path(saved) / "vocab.json"),
+                                                          str(Path(saved) / "merges.txt"))
+    from_gpt2_files.add_special_tokens(list(bpe.special_tokens))
+    from_json = hf_tokenizers.Tokenizer.from_file(str(Path(saved) / "tokenizer.json"))
+    for text in SAMPLES:
+        ids = bpe.encode(text)
+        assert from_gpt2_files.encode(text).ids == ids, text
+        assert from_json.encode(text).ids == ids, text
+        assert from_json.decode(ids, skip_special_tokens=False) == text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts)
+def test_bpe_matches_hf_on_any_text(bpe, saved, hf_tokenizers, text):
+    hf = hf_tokenizers.Tokenizer.from_file(str(Path(saved) / "tokenizer.json"))
+    assert hf.encode(text).ids == bpe.encode(text)
+
+
+def test_bpe_loads_hf_trained_tokenizer(hf_tokenizers, corpus, tmp_path):
+    """A tokenizer.json / vocab.json that HF trained: specials first, bytes in GPT-2's order, its own merges."""
+    hf = hf_tokenizers.ByteLevelBPETokenizer()
+    hf.train_from_iterator([corpus], vocab_size=500, special_tokens=[EOT], show_progress=False)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    hf.save_model(str(tmp_path))
+    for tok in (BPETokenizer.load(tmp_path / "tokenizer.json"),
+                BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")):
+        assert tok.special_tokens == {EOT: 0}
+        for text in SAMPLES + [corpus[:3000]]:
+            assert tok.encode(text) == hf.encode(text).ids, text
+            assert tok.decode(tok.encode(text)) == text
+
+
+def test_bpe_matches_transformers_gpt2_tokenizer(bpe, saved, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (extra: parity)")
+    gpt2_only = tmp_path / "gpt2_files"                 # just vocab.json + merges.txt, as GPT-2 shipped them
+    gpt2_only.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (gpt2_only / name).write_bytes((Path(saved) / name).read_bytes())
+    for folder in (gpt2_only, saved):
+        hf = transformers.GPT2TokenizerFast.from_pretrained(str(folder))
+        hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+        for text in SAMPLES:
+            assert hf.encode(text) == bpe.encode(text), (folder.name, text)
+
+
+# ---------------------------------------------------------------- CharTokenizer
+def test_char_ids_sorted_then_specials_then_unk():
+    tok = CharTokenizer.from_text(f"banana{EOT}cab", [EOT], unk_token="<unk>")
+    assert tok.chars == ["a", "b", "c", "n"]
+    assert tok.special_tokens == {EOT: 4, "<unk>": 5} and tok.vocab_size == 6
+    assert tok.encode(f"cab{EOT}") == [2, 0, 1, 4]
+    assert tok.encode("cat") == [2, 0, 5] and tok.decode([2, 0, 5]) == "ca<unk>"
+
+
+def test_char_unknown_character_names_it():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ValueError, match=r"'好' \(U\+597D\)"):
+        tok.encode("ab好")
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts)
+def test_char_round_trip_any_text(text):
+    tok = CharTokenizer.from_text(text + "x", special_tokens=[EOT])
+    assert tok.decode(tok.encode(text)) == text
+    assert list(tok.encode_iterable([text[:3], text[3:7], text[7:]])) == tok.encode(text)
+
+
+@pytest.mark.parametrize("text", [s for s in SAMPLES if s])
+def test_char_round_trip_samples(text):
+    tok = CharTokenizer.from_text(text)
+    assert tok.decode(tok.encode(text)) == text and len(tok.encode(text)) == len(text)
+
+
+def test_char_save_load(tmp_path, hf_tokenizers):
+    tok = CharTokenizer.from_text(CHINESE + CODE + SAMPLES[5], [EOT], unk_token="<unk>")
+    tok.save(tmp_path)
+    for loaded in (CharTokenizer.load(tmp_path), load(tmp_path), load(tmp_path / "tokenizer.json")):
+        assert isinstance(loaded, CharTokenizer)
+        assert loaded.chars == tok.chars and loaded.special_tokens == tok.special_tokens
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = f"今天 return{EOT}😀 é x"
+    assert hf.encode(text).ids == tok.encode(text)
+    assert hf.decode(tok.encode(text), skip_special_tokens=False) == tok.decode(tok.encode(text))
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("make, match", [
+    (lambda: BPETokenizer.train("hello", 256, [EOT]), r"vocab_size 256 is too small.*257"),
+    (lambda: BPETokenizer.train("hello", 100), r"vocab_size 100 is too small"),
+    (lambda: BPETokenizer.train("hello", 300, [""]), "empty string"),
+    (lambda: BPETokenizer.train("hello", 300, EOT), "list of strings"),
+    (lambda: BPETokenizer.train("hello", 300, [EOT, EOT]), "repeated"),
+    (lambda: BPETokenizer.train("", 300), "training text is empty"),
+    (lambda: BPETokenizer.train(EOT * 3, 300, [EOT]), "training text is empty"),
+    (lambda: BPETokenizer.train("hello", 300.5), "vocab_size must be an integer"),
+    (lambda: CharTokenizer.from_text(""), "text is empty"),
+    (lambda: CharTokenizer.from_text("abc", [""]), "empty string"),
+    (lambda: CharTokenizer(["a", "a"]), "repeated"),
+    (lambda: CharTokenizer(["a", "bc"]), "single characters"),
+])
+def test_bad_input_names_the_problem(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_file_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café".encode("latin-1"))
+    for make in (BPETokenizer.train, lambda p, n: CharTokenizer.from_text(p)):
+        with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte offset 3"):
+            make(path, 300)
+
+
+def test_train_from_files_and_folders(tmp_path, corpus):
+    (tmp_path / "a.txt").write_text(corpus[:10000], encoding="utf-8")
+    (tmp_path / "b.txt").write_text(corpus[10000:20000], encoding="utf-8")
+    from_texts = BPETokenizer.train([corpus[:10000], corpus[10000:20000]], 300).merges
+    assert BPETokenizer.train([tmp_path / "a.txt", tmp_path / "b.txt"], 300).merges == from_texts
+    assert BPETokenizer.train(tmp_path, 300).merges == from_texts
+
+
+@pytest.mark.parametrize("tok", [BPETokenizer.train("hello world", 260), CharTokenizer.from_text("hello world")],
+                         ids=["bpe", "char"])
+def test_decode_bad_ids_name_the_id(tok):
+    n = tok.vocab_size
+    with pytest.raises(ValueError, match=rf"token id {n} is out of range.*0\.\.{n - 1}"):
+        tok.decode([0, n])
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        tok.decode([-1])
+    with pytest.raises(ValueError, match="must be an integer, got 1.5"):
+        tok.decode([1.5])
+    with pytest.raises(ValueError, match="expects a str"):
+        tok.encode(b"bytes")
+
+
+def test_bpe_surrogate_is_a_value_error(bpe):
+    with pytest.raises(ValueError, match="surrogates not allowed"):
+        bpe.encode("a\ud800b")
