@@ -349,7 +349,8 @@ except ImportError:
 #
 # ## Exercises
 # 1. Change the tie-break to the *smallest* pair. Which merge of the tiny example changes first?
-# 2. Remove pre-tokenization (treat the whole corpus as one word). Which cross-word tokens appear in the first 50 merges?
+# 2. Remove pre-tokenization (treat the whole corpus as one word). Which cross-word tokens appear in the first
+#    50 merges?
 # 3. `encode_iterable(lines)` gives exactly the ids of `encode("".join(lines))`. Find a text where encoding
 #    each line separately with `encode` does *not* (hint: whitespace at the start of a line).
 # 4. Add `<|im_start|>` and `<|im_end|>` as special tokens and encode a two-turn chat. How many ids do the markers cost?

@@ -8,6 +8,7 @@ A tokenizer maps text to a list of integer ids and back:
 Special tokens (e.g. "<|endoftext|>") are whole strings: wherever one appears in the text it becomes its own
 id, and the text on either side is tokenized separately, so no token ever spans a special token.
 """
+import functools
 import operator
 import re
 from pathlib import Path
@@ -118,10 +119,15 @@ class Tokenizer:
         if buffer:
             yield from self.encode(buffer)
 
+    @functools.cached_property
+    def _special_prefixes(self):
+        """Every proper prefix of a special token, and their lengths: text ending in one may continue into it."""
+        prefixes = {s[:k] for s in self.special_tokens for k in range(1, len(s))}
+        return prefixes, sorted({len(p) for p in prefixes})
+
     def _last_safe_cut(self, buffer):
         """The last cut point of buffer that no special token straddles (0 if none)."""
-        prefixes = {s[:k] for s in self.special_tokens for k in range(1, len(s))}
-        lengths = sorted({len(p) for p in prefixes})
+        prefixes, lengths = self._special_prefixes
         for cut in self._cut_points(buffer):
             if not any(buffer[max(0, cut - n):cut] in prefixes for n in lengths):
                 return cut

@@ -123,7 +123,7 @@ def _special_tokens(vocab, merges, not_bytes):
 
 
 def load_gpt2_files(vocab_path, merges_path):
-    """Read GPT-2's vocab.json + merges.txt -> (vocab {id: bytes}, merges [(bytes, bytes)], special_tokens {str: id})."""
+    """GPT-2's vocab.json + merges.txt -> (vocab {id: bytes}, merges [(bytes, bytes)], special_tokens {str: id})."""
     vocab_path, merges_path = Path(vocab_path), Path(merges_path)
     vocab, not_bytes = _vocab_from_strings(json.loads(vocab_path.read_text(encoding="utf-8")), str(vocab_path))
     pairs = []
