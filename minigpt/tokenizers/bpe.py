@@ -105,6 +105,8 @@ def learn_merges(word_counts, n_tokens):
         for w in where.pop(pair):
             ids, f = words[w], freqs[w]
             new_ids = _merge(ids, pair, new_id)
+            if len(new_ids) == len(ids):                # stale index entry: an earlier merge took the pair away
+                continue
             for p in zip(ids, ids[1:]):                 # the word's old pairs leave the counts ...
                 pair_counts[p] -= f
                 changed.add(p)
