@@ -12,5 +12,6 @@ __version__ = "0.1.0"
 from minigpt.config import ModelConfig  # noqa: E402
 from minigpt.layers.loss import cross_entropy  # noqa: E402
 from minigpt.model import Model  # noqa: E402
+from minigpt import hf  # noqa: E402  (minigpt.hf.load / save / to_hf_state_dict)
 
-__all__ = ["ModelConfig", "Model", "cross_entropy", "__version__"]
+__all__ = ["ModelConfig", "Model", "cross_entropy", "hf", "__version__"]
