@@ -59,7 +59,10 @@ def check_gradients(forward, backward, args, names=None, wrt=None, h=1e-6,
     """Check every gradient of a forward/backward pair against centered differences.
 
     forward(*args) -> (out, cache); backward(dout, cache) -> one gradient per arg, in order
-    (None for arguments that are not differentiated, like token ids or masks).
+    (None for arguments that are not differentiated, like token ids or masks). Wrap a layer whose
+    backward returns fewer, e.g. for the embedding:
+        check_gradients(embedding_forward, lambda d, c: (None, embedding_backward(d, c)), [ids, W])
+    and pass an optional input that is absent as None (linear without bias: args [x, w, None]).
     args: the forward's inputs, float64 arrays for the ones to check.
     names: a name per arg for the report (default arg0, arg1, ...).
     wrt: names to check (default: every arg whose backward gradient is not None).

@@ -124,12 +124,18 @@ def plot_attention(probs, tokens, name, title="attention weights"):
     return save_figure(fig, name)
 
 
-def plot_positional_encoding(pe, name, title="positional encoding"):
-    """A position x channel table (T, C) as a heatmap, beside the first few channels as curves."""
+def plot_positional_encoding(pe, name, title="positional encoding", channels=None):
+    """A position x channel table (T, C) as a heatmap, beside a few channels as curves.
+    channels: which columns to draw as curves; default four spread from the fastest (0) to the slowest."""
     pe = to_numpy(pe)
     if pe.ndim != 2:
         raise ValueError(f"plot_positional_encoding: expected (T, C), got {pe.shape}")
     T, C = pe.shape
+    if channels is None:
+        channels = sorted(set(np.linspace(0, C - 1, num=min(C, 4)).astype(int).tolist()))
+    bad = [c for c in channels if not 0 <= c < C]
+    if bad:
+        raise ValueError(f"plot_positional_encoding: channels {bad} out of range, expected 0 <= channel < C = {C}")
     fig, (ax_map, ax_lines) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     limit = float(np.abs(pe).max()) or 1.0
     image = ax_map.imshow(pe, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -137,11 +143,11 @@ def plot_positional_encoding(pe, name, title="positional encoding"):
     ax_map.set_ylabel("position")
     ax_map.set_title(title)
     fig.colorbar(image, ax=ax_map, label="value")
-    for c in range(min(C, 4)):
+    for c in channels:
         ax_lines.plot(np.arange(T), pe[:, c], label=f"channel {c}")
     ax_lines.set_xlabel("position")
     ax_lines.set_ylabel("value")
-    ax_lines.set_title("first channels along the positions")
+    ax_lines.set_title("some channels along the positions")
     ax_lines.legend(fontsize="small", framealpha=0.9)
     return save_figure(fig, name)
 

@@ -79,6 +79,13 @@ def test_plot_positional_encoding_writes_png():
     assert_png(viz.plot_positional_encoding(pe, "pe"), "pe")
 
 
+def test_plot_positional_encoding_chosen_channels():
+    pe = np.zeros((8, 6))
+    assert_png(viz.plot_positional_encoding(pe, "pe_channels", channels=[1, 5]), "pe_channels")
+    with pytest.raises(ValueError, match=r"channels \[6\] out of range"):
+        viz.plot_positional_encoding(pe, "bad", channels=[0, 6])
+
+
 def test_plot_positional_encoding_needs_2d():
     with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
         viz.plot_positional_encoding(np.zeros((2, 3, 4)), "bad")
