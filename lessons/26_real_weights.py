@@ -403,7 +403,7 @@ for family, model in loaded.items():
     print(f"\n{family}: {hf.ARCHITECTURES[family]}  (H={config.n_head}, Hkv={config.n_kv_head}, "
           f"tied head: {config.tie_embeddings})")
     print(f"  {'Hugging Face name':47s} {'HF shape':10s} {'minigpt key(s)':27s} {'minigpt shape':13s} how")
-    for hf_name, keys, transposed in hf._layout(config, family):
+    for hf_name, keys, transposed in hf.name_table(config, family):
         if any(f".{n}." in hf_name for n in range(1, config.n_layer)):
             continue                                               # layers 1.. repeat layer 0
         shape = shapes_of([model.params[k] for k in keys])

@@ -21,7 +21,7 @@ Where the names differ, so do the layouts:
   - GLM fuses the SwiGLU input projections into gate_up_proj (2F, C) = [w_gate | w_up] (output axis first).
   - A tied head is the embedding: HF saves no lm_head.weight then (or an equal copy).
 
-One table, `_layout`, lists for a config every HF tensor as (HF name, our keys, transposed?): loading
+One table, `name_table`, lists for a config every HF tensor as (HF name, our keys, transposed?): loading
 splits by it, `to_hf_state_dict` joins by it, so the two can never disagree.
 
 Dimension letters: C channels (d_model), H heads, Hkv kv heads, D head dim, F mlp hidden, V vocab.
@@ -251,7 +251,7 @@ def config_to_hf(config):
 # the name table
 # ---------------------------------------------------------------------------------------------
 
-def _layout(config, model_type):
+def name_table(config, model_type):
     """[(hf_name, [our keys], transposed)] for every tensor of the HF checkpoint, in HF order.
     The HF tensor is concat(our tensors, axis=-1), transposed when `transposed` (nn.Linear)."""
     P = PREFIX[model_type]
@@ -328,7 +328,7 @@ def to_hf_state_dict(config, tensors):
     Fused tensors are concatenated, nn.Linear weights transposed. A tied head appears once, as the
     embedding (as in save_pretrained and in torch's named_parameters(), whose .grad holds both paths)."""
     model_type = model_type_of(config)
-    layout = _layout(config, model_type)
+    layout = name_table(config, model_type)
     expected = param_shapes(config)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -424,7 +424,7 @@ def load(path, dtype="float32", device=None):
     if not any(k.startswith(prefix) for k in tensors):  # a base-model checkpoint: "h.0...", "wte.weight"
         tensors = {k if k == "lm_head.weight" else prefix + k: v for k, v in tensors.items()}
 
-    layout, shapes = _layout(config, model_type), param_shapes(config)
+    layout, shapes = name_table(config, model_type), param_shapes(config)
     expected = {hf_name: _hf_shape(shapes, keys, transposed) for hf_name, keys, transposed in layout}
     extra_head = None
     if config.tie_embeddings and "lm_head.weight" in tensors:  # some checkpoints store the tied copy

@@ -60,7 +60,7 @@ def rewrite_config(path, change):
 def test_layout_covers_every_param_exactly_once(model_type):
     preset = FAMILY_PRESETS[model_type]
     for config in (tiny(preset), tiny(preset, tie_embeddings=not ModelConfig.preset(preset).tie_embeddings)):
-        used = [key for _, keys, _ in hf._layout(config, model_type) for key in keys]
+        used = [key for _, keys, _ in hf.name_table(config, model_type) for key in keys]
         assert sorted(used) == sorted(param_shapes(config)), config
 
 
