@@ -136,3 +136,10 @@ class Tokenizer:
     def _cut_points(self, buffer):
         """Candidate cut points in buffer, from the last to the first."""
         raise NotImplementedError
+
+
+def added_tokens_json(special_tokens):
+    """The "added_tokens" list of a Hugging Face tokenizer.json: every special token, whole, in id order."""
+    return [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+            for s, i in sorted(special_tokens.items(), key=lambda item: item[1])]

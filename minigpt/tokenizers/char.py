@@ -10,8 +10,8 @@ characters, a pre-tokenizer that splits every character off ([\\s\\S], isolated)
 import json
 from pathlib import Path
 
-from minigpt.tokenizers.base import (Tokenizer, check_ids, check_special_tokens, read_texts, special_splitter,
-                                     split_specials)
+from minigpt.tokenizers.base import (Tokenizer, added_tokens_json, check_ids, check_special_tokens, read_texts,
+                                     special_splitter, split_specials)
 
 _EVERY_CHARACTER = r"[\s\S]"
 
@@ -96,11 +96,7 @@ class CharTokenizer(Tokenizer):
             "version": "1.0",
             "truncation": None,
             "padding": None,
-            "added_tokens": [
-                {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": True}
-                for s, i in self.special_tokens.items()
-            ],
+            "added_tokens": added_tokens_json(self.special_tokens),
             "normalizer": None,
             "pre_tokenizer": {"type": "Split", "pattern": {"Regex": _EVERY_CHARACTER}, "behavior": "Isolated",
                               "invert": False},

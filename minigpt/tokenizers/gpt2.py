@@ -17,6 +17,8 @@ In memory a tokenizer is: vocab {id: bytes}, merges [(bytes, bytes), ...] in ran
 import json
 from pathlib import Path
 
+from minigpt.tokenizers.base import added_tokens_json
+
 # GPT-2's pre-tokenizer: contractions, an optional space + letters, an optional space + digits,
 # an optional space + other symbols, whitespace not followed by a non-space, and any other whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -147,11 +149,7 @@ def tokenizer_json(vocab, merges, special_tokens):
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-            for s, i in sorted(special_tokens.items(), key=lambda item: item[1])
-        ],
+        "added_tokens": added_tokens_json(special_tokens),
         "normalizer": None,
         "pre_tokenizer": byte_level,
         "post_processor": None,
