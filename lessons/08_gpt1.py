@@ -35,7 +35,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import num_params, param_shapes
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.layers.attention import attention_backward, attention_forward, merge_heads, split_heads
 from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
@@ -223,28 +223,10 @@ def roughen(model, seed=1, std=0.2):
         value += std * noise.standard_normal(value.shape)
 
 
-def check_model_gradients(model, ids, targets, entries, h=1e-5, seed=0):
-    """{key: error}: the loss gradient of every parameter tensor against centered differences, on sampled
-    entries (half anywhere, half where the analytic gradient is nonzero). rel_error, or the absolute error
-    where the true gradient is 0."""
-    model.zero_grad()
-    model.backward(cross_entropy(model.forward(ids), targets)[1])
-    pick = np.random.default_rng(seed)
-    errors = {}
-    for key, param in model.params.items():
-        analytic = model.grads[key].reshape(-1)                          # (size,)
-        nonzero = np.flatnonzero(analytic)
-        idx = pick.choice(param.size, size=min(entries // 2, param.size), replace=False)
-        if nonzero.size:
-            idx = np.union1d(idx, pick.choice(nonzero, size=min(entries // 2, nonzero.size), replace=False))
-        idx, numeric = numerical_gradient(lambda: cross_entropy(model.forward(ids), targets)[0], param, h, idx)
-        if np.abs(numeric).max() < 1e-9:                                 # truly 0 (b_k): compare absolutely
-            errors[key] = float(np.abs(analytic[idx] - numeric).max())
-        else:
-            errors[key] = rel_error(analytic[idx], numeric)
-    return errors
-
-
+# `minigpt.gradcheck.check_model_gradients` is lesson 01's `numerical_gradient` loop run over the loss of the
+# whole model: for each parameter tensor it samples `entries` entries (half anywhere, half where the analytic
+# gradient is nonzero), perturbs each by +-h, reruns forward + cross-entropy, and returns {key: rel_error}
+# (the absolute error for a tensor whose true gradient is 0, trap 2).
 ENTRIES = 4 if FAST else 12
 roughen(model)
 errors = check_model_gradients(model, ids, targets, ENTRIES)

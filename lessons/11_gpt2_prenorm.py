@@ -35,7 +35,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.data import load_corpus
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.layers.attention import attention_forward, merge_heads, split_heads
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
@@ -338,15 +338,7 @@ noise = np.random.default_rng(1)
 for value in check_model.params.values():
     value += 0.2 * noise.standard_normal(value.shape)                    # off the initialisation
 c_ids, c_targets = noise.integers(0, 50, (2, 8)), noise.integers(0, 50, (2, 8))   # (2, 8) each
-check_model.zero_grad()
-check_model.backward(cross_entropy(check_model.forward(c_ids), c_targets)[1])
-errors, pick = {}, np.random.default_rng(0)
-for key, param in check_model.params.items():
-    analytic = check_model.grads[key].reshape(-1)                        # (size,)
-    idx = pick.choice(param.size, size=min(4 if FAST else 10, param.size), replace=False)
-    idx, numeric = numerical_gradient(lambda: cross_entropy(check_model.forward(c_ids), c_targets)[0], param, 1e-5, idx)
-    exact_zero = np.abs(numeric).max() < 1e-9
-    errors[key] = float(np.abs(analytic[idx] - numeric).max()) if exact_zero else rel_error(analytic[idx], numeric)
+errors = check_model_gradients(check_model, c_ids, c_targets, entries=4 if FAST else 10)
 print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(errors, key=errors.get)})")
 
 # %% [markdown]

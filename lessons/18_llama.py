@@ -36,7 +36,7 @@ import numpy as np
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import num_params, param_shapes
 from minigpt.data import BatchSampler, load_corpus, split_tokens
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.tokenizers import CharTokenizer
 from minigpt.viz import plot_curves
 
@@ -227,26 +227,6 @@ print("logits", logits_library.shape, "| from scratch vs minigpt.Model, max abs 
 # rather than lesson 00's $10^{-6}$: a whole model's loss carries more rounding than one layer's output.
 
 # %%
-def check_model_gradients(model, ids, targets, entries=8, **forward_kwargs):
-    """{key: rel_error} of the loss gradient of every parameter against centered differences."""
-    model.zero_grad()
-    _, dlogits = cross_entropy(model.forward(ids, **forward_kwargs), targets)
-    model.backward(dlogits)
-
-    def loss():
-        return cross_entropy(model.forward(ids, **forward_kwargs), targets)[0]
-
-    pick = np.random.default_rng(1)
-    errors = {}
-    for key, param in model.params.items():
-        analytic = model.grads[key].reshape(-1)                                  # (size,)
-        idx = pick.choice(param.size, size=min(entries // 2, param.size), replace=False)
-        idx = np.union1d(idx, pick.choice(np.flatnonzero(analytic), size=entries // 2))
-        idx, numeric = numerical_gradient(loss, param, h=1e-5, indices=idx)
-        errors[key] = rel_error(analytic[idx], numeric)
-    return errors
-
-
 grad_errors = check_model_gradients(tiny_model, ids, targets)
 worst = max(grad_errors, key=grad_errors.get)
 print(f"{len(grad_errors)} parameter tensors checked; worst rel_error {grad_errors[worst]:.1e} ({worst})")

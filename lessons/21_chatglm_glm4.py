@@ -31,9 +31,9 @@ import os
 
 import numpy as np
 
-from minigpt import Model, ModelConfig, cross_entropy
+from minigpt import Model, ModelConfig
 from minigpt.config import num_params, param_shapes
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.masks import prefix_mask
 from minigpt.viz import plot_gqa_groups, plot_mask
 
@@ -310,33 +310,10 @@ print("saved", mask_png)
 #
 # `Model.backward` walks the same steps in reverse: DeepNorm's two paths into $h$, the LayerNorm, 2D rotations undone half
 # by half for ChatGLM-6B; partial rotations undone, pass-through channels copied, group sums for GLM-4. We check every
-# parameter tensor of both tiny models in float64 (small tensors in full, large ones on sampled entries, half of them
+# parameter tensor of both tiny models in float64 (on sampled entries, half of them
 # where the analytic gradient is nonzero), with the 2D positions and prefix for ChatGLM-6B.
 
 # %%
-def check_model_gradients(model, ids, targets, entries=8, **forward_kwargs):
-    """{key: rel_error} of the loss gradient of every parameter against centered differences."""
-    model.zero_grad()
-    _, dlogits = cross_entropy(model.forward(ids, **forward_kwargs), targets)
-    model.backward(dlogits)
-
-    def loss():
-        return cross_entropy(model.forward(ids, **forward_kwargs), targets)[0]
-
-    pick = np.random.default_rng(1)
-    errors = {}
-    for key, param in model.params.items():
-        analytic = model.grads[key].reshape(-1)                                  # (size,)
-        if param.size <= 64:
-            idx = np.arange(param.size)                                          # every entry of a small tensor
-        else:
-            idx = pick.choice(param.size, size=entries // 2, replace=False)
-            idx = np.union1d(idx, pick.choice(np.flatnonzero(analytic), size=entries // 2))
-        idx, numeric = numerical_gradient(loss, param, h=1e-5, indices=idx)
-        errors[key] = rel_error(analytic[idx], numeric)
-    return errors
-
-
 targets = rng.integers(0, 50, (1, T))                                            # (1, T)
 ENTRIES = 4 if FAST else 8                                                       # sampled entries per large tensor
 grad_errors = {"chatglm": check_model_gradients(models["chatglm"], ids, targets, ENTRIES, **chatglm_kwargs),

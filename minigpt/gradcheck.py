@@ -14,6 +14,7 @@ and a wrong one (a missing term, a transposed weight) is off by 1e-2 or more.
 import numpy as np
 
 from minigpt.backend import get_xp, to_numpy
+from minigpt.layers.loss import cross_entropy
 
 
 def rel_error(a, b):
@@ -102,4 +103,44 @@ def check_gradients(forward, backward, args, names=None, wrt=None, h=1e-6,
         missing = set(wrt) - set(errors)
         if missing:
             raise ValueError(f"check_gradients: no gradient returned for {sorted(missing)}")
+    return errors
+
+
+def check_model_gradients(model, ids, targets, entries=8, h=1e-5, seed=0, prepare=None, **forward_kwargs):
+    """Check the loss gradient of every parameter tensor of a whole model against centered differences.
+
+    The loss is minigpt's cross-entropy of model.forward(ids, **forward_kwargs) against targets. For each
+    tensor, `entries` entries are sampled: half anywhere, half where the analytic gradient is nonzero (a
+    random pick could land only on rows that got no gradient, like unused embedding rows).
+    h = 1e-5, not 1e-6: a whole model's loss carries more rounding than one layer's output.
+    A tensor whose true gradient is exactly zero (the key bias without RoPE: the softmax ignores a constant
+    added to a whole row of scores) has two rounding-level values to compare, where rel_error means nothing;
+    there the absolute error is reported instead.
+    prepare: called before every forward (e.g. to reset the dropout rng so each forward draws the same masks).
+    Use float64 and move the weights off their initialisation first, or tiny gradients (q and k at init)
+    drown in rounding. Returns {param key: error}.
+    """
+    def loss():
+        if prepare is not None:
+            prepare()
+        return cross_entropy(model.forward(ids, **forward_kwargs), targets)[0]
+
+    if prepare is not None:
+        prepare()
+    model.zero_grad()
+    model.backward(cross_entropy(model.forward(ids, **forward_kwargs), targets)[1])
+
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for key, param in model.params.items():
+        analytic = to_numpy(model.grads[key]).reshape(-1)
+        nonzero = np.flatnonzero(analytic)
+        picks = rng.choice(param.size, size=min(entries // 2, param.size), replace=False)
+        if nonzero.size:
+            picks = np.union1d(picks, rng.choice(nonzero, size=min(entries // 2, nonzero.size), replace=False))
+        idx, numeric = numerical_gradient(loss, param, h=h, indices=picks)
+        if np.abs(numeric).max() < 1e-9:
+            errors[key] = float(np.abs(analytic[idx] - numeric).max())
+        else:
+            errors[key] = rel_error(analytic[idx], numeric)
     return errors

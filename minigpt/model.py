@@ -121,7 +121,7 @@ class Model:
             attend to each other bidirectionally; None = causal everywhere.
         attn_mask bool (T, T) or (B, T, T), True = may attend: replaces the mask of every layer.
         """
-        cfg, xp, p = self.config, self.xp, self.params
+        cfg, p = self.config, self.params
         ids = self._check_ids(ids)
         B, T = ids.shape
         pos, block_pos = self._positions(B, T, position_ids, block_position_ids)
@@ -158,7 +158,11 @@ class Model:
         return logits
 
     def block_forward(self, x, i, mask, context):
-        """One transformer block, wired by config.norm_placement. x (B, T, C) -> (B, T, C), cache."""
+        """One transformer block, wired by config.norm_placement. x (B, T, C) -> (B, T, C), cache.
+        mask: bool (T, T) or (B, T, T), True = may attend (forward builds one per layer).
+        context: what every block shares, made once per forward: dict(pos=(B, T) position ids,
+            block_pos=(B, T) block position ids or None, rope=(cos, sin) for positions "rope" or None).
+        """
         cfg, name = self.config, f"blocks.{i}"
         if cfg.norm_placement == "pre":                                          # x + f(LN(x))
             h, n1 = self._norm_forward(x, f"{name}.norm1")

@@ -1,6 +1,5 @@
 """minigpt.data: the corpus, token files, CLM batches and the synthetic tasks."""
 import json
-import os
 
 import numpy as np
 import pytest

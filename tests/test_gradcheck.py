@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minigpt.gradcheck import check_gradients, numerical_gradient, rel_error
+from minigpt.gradcheck import check_gradients, check_model_gradients, numerical_gradient, rel_error
 
 
 def matmul_forward(x, w):
@@ -58,3 +58,35 @@ def test_check_gradients_samples_large_inputs():
                              [rng.standard_normal((40, 30)), rng.standard_normal((30, 20))],
                              names=["x", "w"], max_entries=25)
     assert max(errors.values()) < 1e-8
+
+
+def tiny_model():
+    from minigpt import Model, ModelConfig
+    cfg = ModelConfig.preset("gpt2", n_layer=1, d_model=16, n_head=2, max_seq_len=6, vocab_size=20)
+    model = Model(cfg, seed=0, dtype="float64")
+    rng = np.random.default_rng(1)
+    for value in model.params.values():
+        value += 0.2 * rng.standard_normal(value.shape)
+    ids = rng.integers(0, 20, (2, 6))
+    return model, ids, rng.integers(0, 20, (2, 6))
+
+
+def test_check_model_gradients_accepts_the_model():
+    model, ids, targets = tiny_model()
+    errors = check_model_gradients(model, ids, targets, entries=4)
+    assert set(errors) == set(model.params)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_check_model_gradients_catches_a_wrong_gradient():
+    model, ids, targets = tiny_model()
+    backward = model.backward
+
+    def wrong_backward(dlogits):
+        backward(dlogits)
+        model.grads["blocks.0.mlp.w_up"] *= 1.01          # one tensor's gradient 1% too large
+
+    model.backward = wrong_backward
+    errors = check_model_gradients(model, ids, targets, entries=4)
+    assert errors["blocks.0.mlp.w_up"] > 1e-3
+    assert max(e for k, e in errors.items() if k != "blocks.0.mlp.w_up") < 1e-6

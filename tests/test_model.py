@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from minigpt.config import FAMILIES, ModelConfig, num_params, param_shapes
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.layers.loss import cross_entropy
 from minigpt.masks import causal_mask, prefix_mask
 from minigpt.model import Model
@@ -30,38 +30,6 @@ def roughen(model, seed=1):
     rng = np.random.default_rng(seed)
     for value in model.params.values():
         value += 0.2 * rng.standard_normal(value.shape)
-
-
-def check_model_gradients(model, ids, targets, entries=8, prepare=lambda: None, **kwargs):
-    """{param key: rel_error} of the loss gradient against centered differences, on sampled entries:
-    half anywhere in the tensor, half where the analytic gradient is nonzero."""
-    prepare()
-    model.zero_grad()
-    _, dlogits = cross_entropy(model.forward(ids, **kwargs), targets)
-    model.backward(dlogits)
-
-    def loss():
-        prepare()
-        return cross_entropy(model.forward(ids, **kwargs), targets)[0]
-
-    rng = np.random.default_rng(0)
-    errors = {}
-    for key, param in model.params.items():
-        analytic = model.grads[key].reshape(-1)
-        nonzero = np.flatnonzero(analytic)
-        picks = rng.choice(param.size, size=min(entries // 2, param.size), replace=False)
-        if nonzero.size:
-            picks = np.union1d(picks, rng.choice(nonzero, size=min(entries // 2, nonzero.size), replace=False))
-        # h = 1e-5, not 1e-6: a whole model's loss carries more roundoff than one layer's output, and
-        # some entries' gradients are small (the key bias's, felt only through RoPE's rotated channels)
-        idx, numeric = numerical_gradient(loss, param, h=1e-5, indices=picks)
-        if np.abs(numeric).max() < 1e-9:
-            # a gradient that is truly 0, like the key bias's without RoPE (softmax ignores a constant
-            # added to a whole row of scores): rel_error of two roundoff values means nothing, compare absolutely
-            errors[key] = float(np.abs(analytic[idx] - numeric).max())
-        else:
-            errors[key] = rel_error(analytic[idx], numeric)
-    return errors
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
