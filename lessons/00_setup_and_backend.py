@@ -117,7 +117,7 @@ for h in steps:
 # %% [markdown]
 # float32's error never gets below about 1e-5 and grows again for small h (rounding); float64 reaches about 1e-10
 # near h = 1e-5 .. 1e-6. Note also that `float32 in gives float32 out` in every layer: an innocent
-# `np.array(0.5)` (a float64 scalar array) multiplied into a float32 tensor would silently upcast it.
+# `np.array([0.5])` (a float64 array) multiplied into a float32 tensor would silently upcast it.
 
 # %%
 a = np.ones(3, dtype=np.float32)
@@ -144,5 +144,5 @@ best32 = min(e[0] for e in errors.values())
 best64 = min(e[1] for e in errors.values())
 assert best64 < 1e-9, best64             # float64 centered differences are good to ~1e-10
 assert best32 > 100 * best64, (best32, best64)  # float32 is orders of magnitude worse
-assert (a * 0.5).dtype == np.float32
+assert (a * 0.5).dtype == np.float32 and (a * np.array([0.5])).dtype == np.float64   # Python floats never upcast
 print("lesson 00 OK")

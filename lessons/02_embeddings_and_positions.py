@@ -248,7 +248,8 @@ print("saved", pe_png)
 # In the heatmap each column is one channel along the positions. The left columns (fast hands) flip sign every
 # few positions; to the right the hands slow down until, over these T positions, they barely move: sine columns
 # stay near 0 (white) and cosine columns near 1 (dark red), hence the stripes. Each row, one position's vector, is a
-# unique pattern of fast and slow hands. (The curves on the right are the four fastest channels, pairs 0 and 1.)
+# unique pattern of fast and slow hands. (The curves on the right are four channels spread over the frequencies: from
+# channel 0, a sine that turns once every 6.3 positions, to the last channel, a cosine so slow it barely leaves 1.)
 #
 # Now the two properties, numerically. $M_k$ is block diagonal with one 2×2 rotation per channel pair.
 

@@ -117,8 +117,9 @@ for scale in (1.0, 100.0, 1000.0):
               f"{np.array2string(naive, precision=1):>26} {np.array2string(stable, precision=1):>26}")
 
 # %% [markdown]
-# At $\pm 100$ float32 already breaks: $e^{100}$ is infinite (the top entry becomes inf/inf = nan) and
-# $e^{-200}$ rounds to 0 (log 0 = $-\infty$); float64 survives 100 and breaks at 1000. The stable form is right every
+# At $\pm 100$ float32 already breaks: $e^{100}$ is infinite, so the top entry becomes inf/inf = nan and the others
+# a finite number over inf = 0, whose log is $-\infty$. (Even without the overflow, the true $p_3 = e^{-200}$ is far
+# below float32's smallest positive number, $1.4 \times 10^{-45}$.) float64 survives 100 and breaks at 1000. The stable form is right every
 # time: $[0, -s, -2s] - \log(1 + e^{-s} + e^{-2s})$, which is $[0, -s, -2s]$ to rounding once $s$ is large.
 # The library's `log_softmax` and `cross_entropy` use it.
 

@@ -206,10 +206,12 @@ print(f"loss {loss:.4f} (log V = {np.log(cfg.vocab_size):.4f}) | {len(ours)} gra
 # **every parameter tensor**, at a few sampled entries of each. Two traps:
 #
 # 1. **Tiny gradients at initialisation.** With std-0.02 weights the attention scores are nearly 0, softmax is
-#    nearly uniform, and $W_q$, $W_k$ hardly move the loss: their gradients are ~1e-9. The loss itself is ~4, so its
-#    rounding error in float64 is ~4·1e-16, and divided by $2h$ that is ~1e-10 in the finite difference: a tenth of
-#    the gradient itself. A correct backward would "fail" with a relative error of ~1e-1. So we first move every weight off its initialisation (add noise of
-#    std 0.2, like a model some way into training), which makes every path carry signal.
+#    nearly uniform, and $W_q$, $W_k$ hardly move the loss: in the lowest block their gradients are ~1e-8. The loss
+#    itself is ~4, so its rounding error in float64 is a few times 4·1e-16, and divided by $2h = 2 \cdot 10^{-5}$ (the
+#    whole-model check uses $h = 10^{-5}$) that is a few 1e-11 in the finite difference: a few tenths of a percent of
+#    the gradient. A correct backward would "fail" with a relative error of ~1e-3. So we first move every weight off
+#    its initialisation (add noise of std 0.2, like a model some way into training), which makes every path carry
+#    signal.
 # 2. **Gradients that are exactly zero.** The key bias $b_k$ adds $q \cdot b_k$ to every score of a query row, the
 #    same constant for every key, and softmax ignores a constant added to a row. So
 #    $\partial\mathcal{L}/\partial b_k = 0$ exactly; the backward returns rounding-level values, the finite

@@ -236,8 +236,10 @@ longest = sorted(range(256, 256 + len(tok.merges)), key=lambda i: -len(tok.vocab
 print("longest tokens:", [show(tok.vocab[i]) for i in longest])
 
 # %% [markdown]
-# The first merges are the space before a letter and common English endings; by the end the tokens are whole
-# words of Python's documentation. Special tokens never take part in a merge and always encode to one id:
+# The first merges are what the documentation repeats most: runs of spaces (code indentation) and of dashes (the
+# rules of its text tables), a space before a frequent letter, and common letter pairs ("he", "in", "on"); by the
+# end the tokens are whole words and names of Python's documentation. Special tokens never take part in a merge
+# and always encode to one id:
 
 # %%
 doc = f"First document.{EOT}Second document."

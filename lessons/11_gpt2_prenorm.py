@@ -26,7 +26,10 @@
 # pre-activation residual network and an additional layer normalization was added after the final self-attention
 # block. A modified initialization which accounts for the accumulation on the residual path with model depth is
 # used. We scale the weights of residual layers at initialization by a factor of $1/\sqrt{N}$ where $N$ is the number
-# of residual layers."* Each block has two residual layers (attention and MLP), so $N = 2L$.
+# of residual layers."* The paper does not say what exactly $N$ counts. Each block adds two residual branches to the
+# stream (attention and MLP), so $N = 2L$: that is the reading Hugging Face's GPT-2 and nanoGPT implement, std
+# $0.02/\sqrt{2L}$ on the two output projections. (OpenAI's released GPT-2 code, written to run trained weights,
+# initialises every matrix with std 0.02.)
 
 # %%
 import os

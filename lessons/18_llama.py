@@ -24,8 +24,8 @@
 # LLaMA (Touvron et al., 2023) introduced no new layer. It took a GPT decoder and swapped four parts for ones
 # that had each proved themselves elsewhere: RMSNorm before each sublayer (Zhang & Sennrich 2019, as GPT-3 put
 # LayerNorm before them), rotary positions (RoPE, Su et al. 2021, as in GPT-NeoX / GPT-J), the SwiGLU MLP (Shazeer
-# 2020, as in PaLM), and it dropped every bias vector. LLaMA-2-70B and every LLaMA-3 added grouped-query attention
-# (Ainslie et al. 2023); LLaMA-1 and the smaller LLaMA-2 models still have one kv head per query head.
+# 2020, as in PaLM), and it dropped every bias vector. LLaMA-2's large models (34B, 70B) and every LLaMA-3 added
+# grouped-query attention (Ainslie et al. 2023); LLaMA-1 and LLaMA-2-7B/13B still have one kv head per query head.
 # The tiny preset here uses GQA (4 query heads, 2 kv heads) so every piece is exercised.
 
 # %%
@@ -52,7 +52,7 @@ FAST = os.environ.get("MINIGPT_FAST") == "1"
 # h &= \operatorname{RMSNorm}(x) = \gamma_1 \odot \frac{x}{r(x)}, \qquad r(x) = \sqrt{\tfrac{1}{C}\textstyle\sum_c x_c^2 + \epsilon} \\
 # q &= h W_q, \quad k = h W_k, \quad v = h W_v
 #      && q: H \text{ heads}, \; k, v: H_{kv} \text{ heads of } D = C/H \\
-# \tilde q_m &= R_m\, q_m, \quad \tilde k_n = R_n\, k_n && \text{RoPE: rotate position } m \text{ by angles } m\,\theta^{-2i/D} \\
+# \tilde q_m &= R_m\, q_m, \quad \tilde k_n = R_n\, k_n && \text{RoPE: pair } i \text{ at position } m \text{ turns by } m\,\theta^{-2i/D},\ \theta = 10^4 \\
 # o^{(h)} &= \operatorname{softmax}\!\Big(\tfrac{\tilde q^{(h)} \tilde k^{(h // g)\top}}{\sqrt{D}} + M\Big)\, v^{(h // g)}
 #      && g = H / H_{kv} \text{ query heads share a kv head; } M \text{ causal} \\
 # x &\leftarrow x + [o^{(1)}, \dots, o^{(H)}]\, W_o \\
@@ -328,7 +328,8 @@ print(f"held-out loss after {STEPS} steps: " + ", ".join(f"{k} {v:.3f}" for k, v
 #
 # ## Exercises
 # 1. Run the comparison with three seeds and two learning rates (1e-3, 1e-2). Is the ordering of the two models stable?
-# 2. Give the tiny LLaMA `n_kv_head=4` (plain multi-head attention) and `d_ff=160` so its parameter count matches.
+# 2. Give the tiny LLaMA `n_kv_head=4` (plain multi-head attention) and `d_ff=171` so its parameter count matches
+#    (to 64 per block: check it with `num_params`).
 #    How does its loss change? How much bigger is its KV cache?
 # 3. Change `llama_forward` to pair channels $(2i, 2i+1)$ (Meta's original code) instead of $(i, i + D/2)$. The parity
 #    breaks; show that permuting the columns of `wq` and `wk` (the same permutation in every head) restores it.

@@ -46,7 +46,8 @@ FAST = os.environ.get("MINIGPT_FAST") == "1"
 # every layer's update $f(x)$ is comparable in size to the stream itself, and deep post-norm stacks diverge unless warmed up
 # gently (lesson 11). DeepNet (Wang et al., 2022) keeps the post-norm and up-weights the residual by a constant
 # $\alpha > 1$: $x_{l+1} = \operatorname{LN}(\alpha x_l + f(x_l))$, so each layer moves the stream by only about $1/\alpha$ of
-# its size. GLM-130B and ChatGLM-6B use $\alpha = \sqrt{2L}$ ($L$ layers; $\alpha \approx 7.5$ for $L = 28$) and apply the
+# its size. GLM-130B and ChatGLM-6B use $\alpha = \sqrt{2L}$ ($L$ layers; $\alpha \approx 7.5$ for $L = 28$; DeepNet's own
+# rule for a decoder-only model is the milder $(2L)^{1/4}$, with a down-scaled initialisation) and apply the
 # LayerNorm at the *input* of each sublayer:
 #
 # $$ h = \operatorname{LN}(x), \qquad x \leftarrow \alpha\, h + f(h). $$
@@ -88,8 +89,8 @@ FAST = os.environ.get("MINIGPT_FAST") == "1"
 #   gradient of the pass-through half of $b_k$ is zero: it is $\sum_i q_i \sum_j \bar s_{ij} / \sqrt{D}$ on those channels,
 #   and $\sum_j \bar s_{ij} = 0$ for every softmax row.
 # - **Two kv groups.** 32 query heads share 2 kv heads (GQA with $g = 16$); backward sums $\bar k, \bar v$ over each group
-#   (lesson 17). The KV cache shrinks 16 times, which makes long contexts far cheaper to serve (ChatGLM2 went from
-#   ChatGLM-6B's 2K to 32K).
+#   (lesson 17). The KV cache shrinks 16 times, which makes long contexts far cheaper to serve (ChatGLM2 also
+#   stretched the context from ChatGLM-6B's 2K tokens to 32K).
 
 # %% [markdown]
 # ## The presets, side by side
