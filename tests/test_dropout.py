@@ -46,6 +46,13 @@ def test_dropout_float32_stays_float32():
     assert dropout_backward(out, cache).dtype == np.float32
 
 
+def test_dropout_numpy_float_p_keeps_float32():
+    # NumPy 2: float32 array / np.float64 scalar is float64; p read from a NumPy array must not upcast
+    out, cache = dropout_forward(randn(np.random.default_rng(8), 3, 7, C, dtype=np.float32), np.float64(P),
+                                 np.random.default_rng(9))
+    assert out.dtype == np.float32 and dropout_backward(out, cache).dtype == np.float32
+
+
 @DTYPES
 def test_dropout_matches_torch_with_the_same_mask(dtype):
     """torch's RNG differs from NumPy's, so torch applies OUR mask (read off our output) by hand."""

@@ -51,6 +51,15 @@ def test_norms_float32_stay_float32():
         assert all(g.dtype == np.float32 for g in backward(out, cache))
 
 
+def test_norms_numpy_float_eps_keeps_float32():
+    # NumPy 2: float32 array + np.float64 scalar is float64; an eps read from a NumPy array must not upcast
+    rng = np.random.default_rng(4)
+    x = randn(rng, 3, 7, C, dtype=np.float32)
+    w, b = params(rng, np.float32)
+    assert layernorm_forward(x, w, b, eps=np.float64(1e-5))[0].dtype == np.float32
+    assert rmsnorm_forward(x, w, eps=np.float64(1e-6))[0].dtype == np.float32
+
+
 @DTYPES
 def test_layernorm_matches_torch(dtype):
     torch = pytest.importorskip("torch")

@@ -27,6 +27,7 @@ def dropout_forward(x, p, rng, train=True):
         raise ValueError(f"dropout p={p} is out of range: expected 0 <= p < 1")
     if not train or p == 0:
         return x, None
+    p = float(p)                                                 # a NumPy float64 p would turn float32 x into float64
     xp = get_xp(x)
     keep = xp.asarray(rng.random(x.shape) >= p)                  # (...) bool, True with probability 1 - p
     mask = keep.astype(x.dtype) / (1 - p)                        # (...) 0 or 1 / (1 - p), in x's dtype

@@ -42,6 +42,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     """
     _check_param("layernorm w", w, x)
     _check_param("layernorm b", b, x)
+    eps = float(eps)                                             # a NumPy float64 eps would turn float32 x into float64
     xp = get_xp(x)
     mean = x.mean(axis=-1, keepdims=True)                        # (B, T, 1)
     xc = x - mean                                                # (B, T, C)
@@ -69,6 +70,7 @@ def rmsnorm_forward(x, w, eps=1e-6):
     x (B, T, C), w (C,)  ->  out (B, T, C), cache for rmsnorm_backward
     """
     _check_param("rmsnorm w", w, x)
+    eps = float(eps)                                             # as in layernorm_forward: keep float32 float32
     xp = get_xp(x)
     rstd = 1.0 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)   # (B, T, 1)
     xhat = x * rstd                                              # (B, T, C)
