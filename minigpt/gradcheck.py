@@ -33,17 +33,17 @@ def numerical_gradient(f, x, h=1e-6, indices=None):
     which f reads and this function perturbs in place (and restores).
     indices: flat indices to estimate (default: all). Returns (flat indices, their gradients).
     """
-    flat = x.reshape(-1)  # a view: writing flat[i] perturbs x
     if indices is None:
-        indices = np.arange(flat.size)
+        indices = np.arange(x.size)
     grads = np.empty(len(indices), dtype=np.float64)
     for n, i in enumerate(indices):
-        old = flat[i].item()
-        flat[i] = old + h
+        entry = np.unravel_index(i, x.shape)  # x's own index, not x.reshape(-1)[i]: reshaping a
+        old = x[entry].item()                 # non-contiguous x (a transposed view) copies, and
+        x[entry] = old + h                    # perturbing the copy would leave f unchanged
         f_plus = float(f())
-        flat[i] = old - h
+        x[entry] = old - h
         f_minus = float(f())
-        flat[i] = old
+        x[entry] = old
         grads[n] = (f_plus - f_minus) / (2 * h)
     return np.asarray(indices), grads
 

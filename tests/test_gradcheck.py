@@ -33,6 +33,15 @@ def test_numerical_gradient_of_cubic_and_restores_input():
     np.testing.assert_array_equal(x, before)
 
 
+def test_numerical_gradient_perturbs_a_non_contiguous_view():
+    # x.T is a view whose reshape(-1) would be a copy: perturbing a copy gives a zero gradient
+    x = np.arange(12.0).reshape(3, 4).T
+    before = x.copy()
+    idx, grad = numerical_gradient(lambda: (x * x).sum(), x)
+    np.testing.assert_allclose(grad, 2 * before.reshape(-1)[idx], rtol=1e-8)
+    np.testing.assert_array_equal(x, before)
+
+
 def test_check_gradients_accepts_correct_backward():
     rng = np.random.default_rng(0)
     errors = check_gradients(matmul_forward, matmul_backward,
