@@ -56,10 +56,26 @@ def test_attention_gradients_small_batch_and_length(kind, B, T):
 def test_attention_gradients_fewer_queries_than_keys_with_scale():
     # a KV cache step: T = 2 new queries look at S = 7 keys, the last two of which are their own
     T, S = 2, 7
-    mask = np.arange(S)[None, :] <= np.arange(S - T, S)[:, None]           # (T, S)
+    mask = kv_cache_mask(T, S)                                             # (T, S)
     q, k, v = qkv(3, 4, 2, T, 6, S=S, seed=2)
     errors = check_gradients(forward_with(mask, scale=0.3), attention_backward, [q, k, v],
                              names=["q", "k", "v"])
+    assert max(errors.values()) < 1e-6, errors
+
+
+def kv_cache_mask(T, S):
+    """(T, S): the T new queries are the last T of S positions; each sees the cache and itself, causally."""
+    return np.arange(S)[None, :] <= np.arange(S - T, S)[:, None]
+
+
+@pytest.mark.parametrize("Hkv", [1, 2, 4])
+@pytest.mark.parametrize("B", [1, 3])
+def test_attention_gradients_one_new_query_against_a_kv_cache(Hkv, B):
+    # generation with a KV cache: T = 1 query, S = 7 keys (the cache plus its own)
+    q, k, v = qkv(B, 4, Hkv, 1, 10, S=7, seed=10)
+    errors = check_gradients(forward_with(kv_cache_mask(1, 7)), attention_backward, [q, k, v],
+                             names=["q", "k", "v"])
+    assert set(errors) == {"q", "k", "v"}
     assert max(errors.values()) < 1e-6, errors
 
 
@@ -118,6 +134,14 @@ def test_attention_float32_in_float32_out():
     assert out.dtype == np.float32 and probs.dtype == np.float32
     grads = attention_backward(np.ones_like(out), cache)
     assert [g.dtype for g in grads] == [np.float32] * 3
+
+
+def test_attention_numpy_float_scale_keeps_float32():
+    # NumPy 2: float32 array * np.float64 scalar is float64; a scale computed with NumPy must not upcast
+    q, k, v = qkv(1, 2, 1, 3, 6, dtype=np.float32)
+    out, cache = attention_forward(q, k, v, scale=np.float64(0.5))
+    assert out.dtype == np.float32
+    assert [g.dtype for g in attention_backward(out, cache)] == [np.float32] * 3
 
 
 def test_attention_large_scores_stay_finite():
@@ -203,7 +227,7 @@ def test_split_heads_not_divisible_is_error():
 
 # ---------------------------------------------------------------- parity with PyTorch
 
-def torch_attention(q, k, v, mask, gqa_mode, dout):
+def torch_attention(q, k, v, mask, gqa_mode, dout, scale=None):
     """Forward and autograd gradients of torch's scaled_dot_product_attention."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -213,10 +237,10 @@ def torch_attention(q, k, v, mask, gqa_mode, dout):
         tmask = torch.tensor(mask if mask.ndim != 3 else mask[:, None])   # (B, 1, T, S) broadcasts over heads
     g = q.shape[1] // k.shape[1]
     if gqa_mode == "enable_gqa":
-        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, enable_gqa=True)
+        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, enable_gqa=True, scale=scale)
     else:
         out = F.scaled_dot_product_attention(tq, tk.repeat_interleave(g, dim=1), tv.repeat_interleave(g, dim=1),
-                                             attn_mask=tmask)
+                                             attn_mask=tmask, scale=scale)
     out.backward(torch.tensor(dout))
     return [t.detach().numpy() for t in (out, tq.grad, tk.grad, tv.grad)]
 
@@ -241,10 +265,11 @@ def test_attention_parity_with_torch_float64(kind, Hkv, gqa_mode):
         assert np.max(np.abs(a - b)) < 1e-10, name
 
 
-@pytest.mark.parametrize("kind", ["causal", "prefix"])
-def test_attention_parity_with_torch_float32(kind):
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("Hkv", [1, 2, 4])
+def test_attention_parity_with_torch_float32(kind, Hkv):
     pytest.importorskip("torch")
-    q, k, v = qkv(3, 4, 2, 7, 10, dtype=np.float32, seed=8)
+    q, k, v = qkv(3, 4, Hkv, 7, 10, dtype=np.float32, seed=8)
     mask = build_mask(kind, 3, 7)
     out, cache = attention_forward(q, k, v, mask=mask)
     dout = np.random.default_rng(9).standard_normal(out.shape).astype(np.float32)
@@ -253,4 +278,38 @@ def test_attention_parity_with_torch_float32(kind):
     for name, a, b in zip(["out", "dq", "dk", "dv"], ours, theirs):
         assert a.dtype == np.float32
         assert max_relative(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("T", [1, 3])
+def test_attention_parity_with_torch_kv_cache_and_scale(dtype, T):
+    # S = 7 keys, T new queries at the end, an explicit scale (as a model with its own 1/sqrt(D) convention)
+    pytest.importorskip("torch")
+    q, k, v = qkv(3, 4, 2, T, 6, S=7, dtype=dtype, seed=11)
+    mask = kv_cache_mask(T, 7)
+    out, cache = attention_forward(q, k, v, mask=mask, scale=0.3)
+    dout = np.random.default_rng(12).standard_normal(out.shape).astype(dtype)
+    ours = [out, *attention_backward(dout, cache)]
+    theirs = torch_attention(q, k, v, mask, "enable_gqa", dout, scale=0.3)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], ours, theirs):
+        assert a.dtype == dtype
+        if dtype == np.float64:
+            assert np.max(np.abs(a - b)) < 1e-10, name
+        else:
+            assert max_relative(a, b) < 1e-5, name
+
+
+def test_attention_parity_with_torch_per_head_mask():
+    # a (B, H, T, S) mask: every sample and head its own pattern
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    mask = rng.random((3, 4, 5, 5)) < 0.5
+    mask[..., 0] = True                                                    # every row sees key 0
+    q, k, v = qkv(3, 4, 2, 5, 6, seed=13)
+    out, cache = attention_forward(q, k, v, mask=mask)
+    dout = rng.standard_normal(out.shape)
+    ours = [out, *attention_backward(dout, cache)]
+    theirs = torch_attention(q, k, v, mask, "enable_gqa", dout)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], ours, theirs):
+        assert np.max(np.abs(a - b)) < 1e-10, name
 

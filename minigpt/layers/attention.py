@@ -88,14 +88,13 @@ def attention_forward(q, k, v, mask=None, scale=None, return_probs=False):
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     g = H // Hkv
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)           # a Python float: keeps float32 float32
 
     qg = q.reshape(B, Hkv, g * T, D)                                        # (B, Hkv, g*T, D) a group's queries stacked
     scores = (qg @ k.swapaxes(-1, -2)) * scale                              # (B, Hkv, g*T, S)
     scores = scores.reshape(B, Hkv, g, T, S)                                # (B, Hkv, g, T, S)
     if mask is not None:
-        mask = _grouped_mask(mask, B, H, Hkv, T, S)                         # (B|1, Hkv|1, g|1, T, S)
+        mask = _grouped_mask(xp.asarray(mask), B, H, Hkv, T, S)             # (B|1, Hkv|1, g|1, T, S) on q's device
         scores = xp.where(mask, scores, xp.asarray(-xp.inf, dtype=scores.dtype))
     scores = scores - scores.max(axis=-1, keepdims=True)                    # stable: row max is 0, never -inf
     e = xp.exp(scores)                                                      # masked keys: exp(-inf) = 0
