@@ -31,7 +31,7 @@ def test_rope_gradient(pairing, B, T, D, rotary_dim, batched_positions):
     assert errors["x"] < 1e-6
 
 
-@pytest.mark.parametrize("B,T,D", [(3, 7, 12), (1, 1, 4), (1, 7, 8)])
+@pytest.mark.parametrize("B,T,D", [(3, 7, 12), (1, 1, 4), (1, 7, 8), (3, 1, 12)])
 def test_rope2d_gradient(B, T, D):
     position_ids = batch_positions(B, T)
     block_ids = np.maximum(position_ids - 4, 0)
@@ -154,6 +154,14 @@ def test_rope_cos_sin_bad_rotary_dim_is_error(rotary_dim):
         rope_cos_sin(np.arange(4), rotary_dim)
 
 
+def test_rope_numpy_integer_rotary_dim_is_accepted():
+    # e.g. rotary_dim = np.int64(D * 0.5) computed with NumPy: an integer, and even
+    cos, sin = rope_cos_sin(np.arange(4), np.int64(4), dtype="float64")
+    x = randn(1, 2, 4, 6)
+    out, _ = rope_forward(x, cos, sin, rotary_dim=np.int64(4))
+    np.testing.assert_array_equal(out, rope_forward(x, cos, sin, rotary_dim=4)[0])
+
+
 def test_rope_forward_odd_rotary_dim_is_error():
     cos, sin = rope_cos_sin(np.arange(4), 4)
     with pytest.raises(ValueError, match="rotary_dim=3"):
@@ -176,6 +184,12 @@ def test_rope_positions_not_matching_T_is_error():
     cos, sin = rope_cos_sin(np.arange(5), 6)
     with pytest.raises(ValueError, match="T=4"):
         rope_forward(randn(1, 2, 4, 6), cos, sin)
+
+
+def test_rope_positions_for_another_batch_is_error():
+    cos, sin = rope_cos_sin(batch_positions(2, 4), 6)
+    with pytest.raises(ValueError, match=r"batch of 2.*B=3"):
+        rope_forward(randn(3, 2, 4, 6), cos, sin)
 
 
 def test_rope_unknown_pairing_is_error():
@@ -257,14 +271,31 @@ def test_rope_interleaved_partial_parity_with_hf_glm(dtype, rotary_dim):
     assert_close(ours(q, k, dq_out, dk_out, cos, sin, rotary_dim, "interleaved"), theirs, dtype)
 
 
-def test_rope2d_parity_with_chatglm6b_recipe_on_hf_helpers():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rotary_dim", [4, 10])
+def test_rope_half_partial_parity_with_hf_gpt_neox(dtype, rotary_dim):
+    # GPT-NeoX rotates the first rotary_dim channels with rotate_half and passes the rest through
+    torch = pytest.importorskip("torch")
+    neox = pytest.importorskip("transformers.models.gpt_neox.modeling_gpt_neox")
+    B, H, Hkv, T, D, theta = 3, 4, 4, 7, 10, 10000.0
+    q, k = randn(B, H, T, D, dtype=dtype, seed=16), randn(B, Hkv, T, D, dtype=dtype, seed=17)
+    dq_out, dk_out = randn(B, H, T, D, dtype=dtype, seed=18), randn(B, Hkv, T, D, dtype=dtype, seed=19)
+    position_ids = batch_positions(B, T)
+    cos, sin = rope_cos_sin(position_ids, rotary_dim, theta, dtype="float64")
+    theirs = hf_grads(neox.apply_rotary_pos_emb, q, k, dq_out, dk_out,
+                      *torch_cos_sin(torch, position_ids, rotary_dim, theta))
+    assert_close(ours(q, k, dq_out, dk_out, cos, sin, rotary_dim, "half"), theirs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rope2d_parity_with_chatglm6b_recipe_on_hf_helpers(dtype):
     # ChatGLM-6B: q1, q2 = q.chunk(2, -1); RotaryEmbedding(D/2); q1 by position ids, q2 by block
     # position ids, each with rotate_half; then cat. Rebuilt here from HF LLaMA's helpers.
     torch = pytest.importorskip("torch")
     llama = pytest.importorskip("transformers.models.llama.modeling_llama")
     B, H, T, D = 3, 4, 7, 12
-    q, k = randn(B, H, T, D, seed=12), randn(B, H, T, D, seed=13)
-    dq_out, dk_out = randn(B, H, T, D, seed=14), randn(B, H, T, D, seed=15)
+    q, k = randn(B, H, T, D, dtype=dtype, seed=12), randn(B, H, T, D, dtype=dtype, seed=13)
+    dq_out, dk_out = randn(B, H, T, D, dtype=dtype, seed=14), randn(B, H, T, D, dtype=dtype, seed=15)
     position_ids = np.minimum(batch_positions(B, T), 4)                   # Part B shares the [MASK] position
     block_ids = np.maximum(batch_positions(B, T) - 4, 0)
     cos_p, sin_p = torch_cos_sin(torch, position_ids, D // 2, 10000.0)
@@ -273,15 +304,15 @@ def test_rope2d_parity_with_chatglm6b_recipe_on_hf_helpers():
     def chatglm_apply(tq, tk, *_):
         q1, q2 = tq.chunk(2, dim=-1)
         k1, k2 = tk.chunk(2, dim=-1)
-        q1, k1 = llama.apply_rotary_pos_emb(q1, k1, cos_p, sin_p)
-        q2, k2 = llama.apply_rotary_pos_emb(q2, k2, cos_b, sin_b)
+        q1, k1 = llama.apply_rotary_pos_emb(q1, k1, cos_p.to(tq.dtype), sin_p.to(tq.dtype))
+        q2, k2 = llama.apply_rotary_pos_emb(q2, k2, cos_b.to(tq.dtype), sin_b.to(tq.dtype))
         return torch.cat([q1, q2], dim=-1), torch.cat([k1, k2], dim=-1)
 
     theirs = hf_grads(chatglm_apply, q, k, dq_out, dk_out, cos_p, sin_p)
     q_out, q_cache = rope2d_forward(q, position_ids, block_ids)
     k_out, k_cache = rope2d_forward(k, position_ids, block_ids)
     mine = [q_out, k_out, rope2d_backward(dq_out, q_cache), rope2d_backward(dk_out, k_cache)]
-    assert_close(mine, theirs, np.float64)
+    assert_close(mine, theirs, dtype)
 
 
 @pytest.mark.parametrize("family", ["llama", "glm"])

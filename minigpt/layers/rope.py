@@ -20,13 +20,17 @@ half by the block position (GLM's two position ids), rotate-half pairing inside 
 
 The backward of a rotation is the inverse rotation (angle -m*f): the same code with sin negated.
 """
+import numbers
+
 from minigpt.backend import get_xp, is_integer_array, resolve_dtype
 
 PAIRINGS = ("half", "interleaved")
 
 
 def _check_rotary_dim(rotary_dim):
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim < 2 or rotary_dim % 2:
+    """Python and NumPy integers pass (numbers.Integral); bools and floats do not."""
+    if (isinstance(rotary_dim, bool) or not isinstance(rotary_dim, numbers.Integral)
+            or rotary_dim < 2 or rotary_dim % 2):
         raise ValueError(f"rotary_dim={rotary_dim!r}: expected an even integer >= 2 (channels rotate in pairs)")
 
 
@@ -87,6 +91,8 @@ def rope_forward(x, cos, sin, rotary_dim=None, pairing="half"):
         cos, sin = cos[:, None], sin[:, None]                               # (B, 1, T, P)
     if cos.shape[-2] != x.shape[-2]:
         raise ValueError(f"cos/sin cover {cos.shape[-2]} positions, x has T={x.shape[-2]}")
+    if cos.ndim == 4 and cos.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"cos/sin {cos.shape} are for a batch of {cos.shape[0]}, x {x.shape} has B={x.shape[0]}")
     cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)
     out = _rotate(x, cos, sin, rotary_dim, pairing)                         # (B, H, T, D)
     return out, (cos, sin, rotary_dim, pairing)
@@ -110,11 +116,12 @@ def rope2d_forward(x, position_ids, block_position_ids, theta=10000.0):
     if D % 4:
         raise ValueError(f"2D RoPE needs the head dim D divisible by 4 (two halves, each rotated "
                          f"in pairs), got D={D}")
+    xp = get_xp(x)
+    position_ids, block_position_ids = xp.asarray(position_ids), xp.asarray(block_position_ids)   # on x's device
     if position_ids.shape != block_position_ids.shape:
         raise ValueError(f"position_ids {position_ids.shape} and block_position_ids "
                          f"{block_position_ids.shape} must have the same shape")
     half = D // 2
-    xp = get_xp(x)
     cos1, sin1 = rope_cos_sin(position_ids, half, theta, x.dtype)           # (T, D/4) or (B, 1, T, D/4)
     cos2, sin2 = rope_cos_sin(block_position_ids, half, theta, x.dtype)     # same shape
     out1, cache1 = rope_forward(x[..., :half], cos1, sin1, half, "half")    # (B, H, T, D/2)
