@@ -61,7 +61,7 @@ TORCH_ACT = {"gelu_tanh": lambda F, h: F.gelu(h, approximate="tanh"), "gelu": la
 
 
 @DTYPES
-@pytest.mark.parametrize("activation", ["gelu_tanh", "relu"])
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu", "relu", "silu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_mlp_matches_torch(dtype, activation, bias):
     torch = pytest.importorskip("torch")
@@ -84,7 +84,7 @@ def test_mlp_matches_torch(dtype, activation, bias):
 
 
 @DTYPES
-@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
 def test_gated_mlp_matches_torch(dtype, activation):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional

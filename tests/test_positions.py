@@ -41,6 +41,17 @@ def test_sinusoidal_encoding_batched_positions():
     np.testing.assert_allclose(pe[1, 1], formula(4, C), atol=1e-12)
 
 
+@pytest.mark.parametrize("C_", [12, 13])
+def test_sinusoidal_encoding_matches_transformers_distilbert(C_):
+    # DistilBERT's table has the same layout (sin on even channels, cos on odd); it builds it in float32,
+    # so this is the float32 parity check (float64 is checked against the formula above)
+    torch = pytest.importorskip("torch")
+    distilbert = pytest.importorskip("transformers.models.distilbert.modeling_distilbert")
+    theirs = torch.empty(300, C_)
+    distilbert.create_sinusoidal_embeddings(300, C_, theirs)
+    assert_matches_torch(sinusoidal_encoding(np.arange(300), C_, np.float32), theirs)
+
+
 def test_sinusoidal_encoding_float_positions_is_error():
     with pytest.raises(ValueError, match="float64"):
         sinusoidal_encoding(np.array([0.0, 1.0]), C)
@@ -66,6 +77,13 @@ def test_learned_position_one_dimensional_ids():
     np.testing.assert_array_equal(out, wpe[:7])
     dwpe = learned_position_backward(np.ones((7, C)), cache)
     np.testing.assert_array_equal(dwpe[:, 0], [1] * 7 + [0] * (P - 7))
+
+
+def test_learned_position_float32_stays_float32():
+    rng = np.random.default_rng(2)
+    out, cache = learned_position_forward(rng.integers(0, P, size=(3, 7)), randn(rng, P, C, dtype=np.float32))
+    assert out.dtype == np.float32
+    assert learned_position_backward(out, cache).dtype == np.float32
 
 
 @DTYPES

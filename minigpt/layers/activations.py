@@ -40,7 +40,7 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     """dout (...) -> dx (...): the gradient passes where x was positive."""
-    return dout * cache
+    return dout * cache                                          # undoes max(x, 0): 1 where x > 0, else 0
 
 
 def gelu_forward(x):
@@ -68,7 +68,7 @@ def gelu_tanh_backward(dout, cache):
     """dout (...) -> dx (...)"""
     x, t = cache
     du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)      # (...) du/dx, from u = sqrt(2/pi)(x + 0.044715 x^3)
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)  # undoes 0.5 x (1 + tanh(u)) (product rule)
 
 
 def silu_forward(x):

@@ -66,4 +66,4 @@ def cross_entropy(logits, targets, ignore_index=-100, loss_mask=None):
     dz = e / total[:, None]                                      # (N, V) p = softmax(z)
     dz[rows, y] -= 1                                             # (N, V) p - one_hot(y)
     dz *= (counted.astype(z.dtype) / n)[:, None]                 # (N, V) mean over counted rows, zero for the others
-    return loss, dz.reshape(logits.shape)
+    return loss, dz.reshape(logits.shape)                        # (B, T, V) or (N, V), like logits
