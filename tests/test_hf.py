@@ -231,6 +231,22 @@ def test_save_replaces_files_atomically_and_leaves_no_temp(tmp_path):
     np.testing.assert_array_equal(hf.load(path).params["wte"], other.params["wte"])
 
 
+def test_save_that_fails_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    model, path = saved_model(tmp_path, "gpt2", seed=0)
+    before = {name: (tmp_path / "ckpt" / name).read_bytes() for name in os.listdir(path)}
+
+    def half_written(tensors, file, metadata=None):
+        with open(file, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf, "save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        hf.save(Model(model.config, seed=1), path)
+    assert {name: (tmp_path / "ckpt" / name).read_bytes() for name in os.listdir(path)} == before
+    np.testing.assert_array_equal(hf.load(path).params["wte"], model.params["wte"])
+
+
 def test_load_sharded_checkpoint(tmp_path):
     model, path = saved_model(tmp_path, "llama")
     tensors = load_file(os.path.join(path, "model.safetensors"))
@@ -299,11 +315,18 @@ def test_load_without_safetensors_is_a_clear_error(tmp_path):
 
 # --- parity with transformers (extra `parity`) ------------------------------------------------
 
+def parity_libs():
+    """(torch, transformers), or skip the test saying which is missing. transformers 5 or later:
+    the configs below use its rope_parameters (4.x would silently ignore it and use theta 10000)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers", minversion="5.0")
+    return torch, transformers
+
+
 def hf_model(model_type, seed=0):
     """A small random transformers model of this family, eval mode, float32. Weights are perturbed
     well away from the 0.02-std init (norm gains ~1 +- 0.1, biases ~0.1) so every path matters."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch, transformers = parity_libs()
     common = dict(vocab_size=V, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if model_type == "gpt2":
         config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=16, n_inner=48,
@@ -334,7 +357,7 @@ def torch_float64(monkeypatch):
     """LlamaRMSNorm / GlmRMSNorm and both rotary embeddings compute in float32 whatever the model's
     dtype (for bf16 stability): patched to compute in the input's dtype, so a float64 comparison
     measures our arithmetic, not theirs."""
-    torch = pytest.importorskip("torch")
+    torch, _ = parity_libs()
     from transformers.models.glm import modeling_glm
     from transformers.models.llama import modeling_llama
 
@@ -356,7 +379,7 @@ def torch_float64(monkeypatch):
 
 @pytest.mark.parametrize("model_type", hf.MODEL_TYPES)
 def test_load_logits_match_transformers_float32(tmp_path, model_type):
-    torch = pytest.importorskip("torch")
+    torch, _ = parity_libs()
     reference = hf_model(model_type)
     reference.save_pretrained(tmp_path, safe_serialization=True)
     model = hf.load(str(tmp_path))
@@ -374,7 +397,7 @@ def test_load_logits_and_every_gradient_match_torch_float64(tmp_path, monkeypatc
     """float64 on both sides: the only differences left are rounding of the order of 1e-16 per
     operation, amplified a little by depth, so logits agree to 1e-10 and each gradient tensor to
     1e-9 of its largest entry. Anything wrong in a layout or a formula shows up as O(1) error."""
-    torch = pytest.importorskip("torch")
+    torch, _ = parity_libs()
     torch_float64(monkeypatch)
     reference = hf_model(model_type)
     reference.save_pretrained(tmp_path, safe_serialization=True)
@@ -403,8 +426,7 @@ def test_load_logits_and_every_gradient_match_torch_float64(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("model_type", hf.MODEL_TYPES)
 def test_save_roundtrips_into_transformers(tmp_path, model_type):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch, transformers = parity_libs()
     reference = hf_model(model_type)
     reference.save_pretrained(tmp_path / "hf", safe_serialization=True)
     model = hf.load(str(tmp_path / "hf"))
@@ -419,8 +441,7 @@ def test_save_roundtrips_into_transformers(tmp_path, model_type):
 def test_save_of_a_minigpt_model_matches_its_logits_in_transformers(tmp_path):
     """Models born in minigpt, including variants the parity tests above do not build (tied LLaMA,
     untied GPT-1/2, exact-GELU GPT-2, GeGLU LLaMA), run the same in transformers."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch, transformers = parity_libs()
     configs = (tiny("glm4"), tiny("llama", tie_embeddings=True), tiny("gpt2", activation="gelu", tie_embeddings=False),
                tiny("gpt1", tie_embeddings=False), tiny("llama", activation="geglu"))
     for i, config in enumerate(configs):
