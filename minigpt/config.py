@@ -45,7 +45,8 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: int | None = None          # None -> n_head (multi-head); 1 is MQA; in between is GQA
     d_ff: int | None = None               # MLP hidden size; None -> 4*d_model, or the SwiGLU rule below
-    max_seq_len: int = 64                 # rows of the learned position tables; the longest T a model takes
+    max_seq_len: int = 64                 # rows of the learned position tables ("learned", "glm2d"): the longest T
+                                          # they take; RoPE and sinusoidal positions have no table and no limit
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: str = "pre"
@@ -85,9 +86,9 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected True or False")
         for name in ("norm_eps", "rope_theta", "init_std"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            if not _is_number(value) or not value > 0:
                 raise ValueError(f"{name}={value!r}: expected a number > 0")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}: "
@@ -95,7 +96,7 @@ class ModelConfig:
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: "
                              f"expected each kv head to serve a whole group of query heads")
-        if not 0 < self.rotary_fraction <= 1:
+        if not _is_number(self.rotary_fraction) or not 0 < self.rotary_fraction <= 1:
             raise ValueError(f"rotary_fraction={self.rotary_fraction!r}: expected a fraction in (0, 1]")
         if self.positions == "rope" and (self.rotary_dim == 0 or self.rotary_dim % 2):
             raise ValueError(f"rotary dim {self.rotary_dim} (head_dim={self.head_dim} * rotary_fraction="
@@ -106,7 +107,8 @@ class ModelConfig:
         if self.activation in GATED_ACTIVATIONS and self.bias:
             raise ValueError(f"bias=True with activation={self.activation!r}: gated MLPs have no biases here "
                              f"(as in LLaMA, ChatGLM2, GLM-4); expected bias=False")
-        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
+        if self.ffn_dim_multiplier is not None and not (_is_number(self.ffn_dim_multiplier)
+                                                        and self.ffn_dim_multiplier > 0):
             raise ValueError(f"ffn_dim_multiplier={self.ffn_dim_multiplier!r}: expected None or a number > 0")
         if self.d_ff is None:
             self.d_ff = self._default_d_ff()
@@ -153,6 +155,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s) {unknown}: expected some of {sorted(fields)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_positive_int(name, value):

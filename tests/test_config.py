@@ -1,4 +1,5 @@
 import math
+import tracemalloc
 
 import pytest
 
@@ -29,6 +30,18 @@ def test_num_params_published_within_one_percent(name):
     total = num_params(ModelConfig.preset(name))["total"]
     published = PUBLISHED_COUNTS[name]
     assert abs(total - published) / published < 0.01, f"{name}: {total:,} vs published {published:,.0f}"
+
+
+def test_num_params_never_allocates_the_weights():
+    # GPT-3 175B in float32 would be 700 GB; counting it must cost next to nothing
+    tracemalloc.start()
+    try:
+        num_params(ModelConfig.preset("gpt3-175b"))
+        flops_per_token(ModelConfig.preset("gpt3-175b"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"counting allocated {peak:,} bytes"
 
 
 def test_num_params_gpt2_small_exact():
@@ -131,6 +144,8 @@ def test_preset_unknown_field_is_error():
     (dict(positions="rope", d_model=24, n_head=4, rotary_fraction=0.5), "rotary dim 3"),
     (dict(positions="rope2d", d_model=24, n_head=4), "head_dim=6"),
     (dict(rotary_fraction=0.0), "rotary_fraction"),
+    (dict(rotary_fraction="half"), "rotary_fraction='half'"),
+    (dict(activation="swiglu", bias=False, ffn_dim_multiplier="1.3"), "ffn_dim_multiplier='1.3'"),
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(norm_eps=0), "norm_eps=0"),
     (dict(tie_embeddings="yes"), "tie_embeddings"),
