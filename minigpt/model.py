@@ -6,7 +6,7 @@ D head dim, F MLP hidden size.
     ids (B, T)
       -> x = wte[ids] (+ position vectors: learned, sinusoidal, or GLM's two tables)   (B, T, C)
       -> L blocks, each an attention sublayer and an MLP sublayer, wired by norm_placement:
-             "pre"       x = x + attn(LN1(x));        x = x + mlp(LN2(x))          GPT-2/3, LLaMA, GLM, GLM-4
+             "pre"       x = x + attn(LN1(x));        x = x + mlp(LN2(x))          GPT-2/3, LLaMA, GLM, ChatGLM2, GLM-4
              "post"      x = LN1(x + attn(x));        x = LN2(x + mlp(x))          GPT-1
              "deepnorm"  h = LN1(x); x = a*h + attn(h); h = LN2(x); x = a*h + mlp(h), a = sqrt(2L)   ChatGLM-6B
                          (DeepNet's x = LN(a*x + f(x)) with the LN moved to the next block's input)
@@ -88,9 +88,10 @@ class Model:
         unexpected = sorted(set(params) - set(expected))
         wrong = sorted(f"{k}: {tuple(params[k].shape)} != {expected[k]}"
                        for k in set(expected) & set(params) if tuple(params[k].shape) != expected[k])
-        if missing or unexpected or wrong:
-            raise ValueError(f"params do not fit the config: missing {missing}, unexpected {unexpected}, "
-                             f"wrong shapes {wrong}")
+        problems = [f"{what} {keys}" for what, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)) if keys]
+        if problems:
+            raise ValueError("params do not fit the config: " + "; ".join(problems))
         return {k: to_device(params[k], self.device, self.dtype) for k in expected}
 
     def num_params(self):
@@ -154,7 +155,7 @@ class Model:
         head = p["wte"].T if cfg.tie_embeddings else p["lm_head"]                # (C, V)
         logits, head_cache = linear_forward(x, head)                             # (B, T, V)
 
-        self._cache = (emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache)
+        self._cache = (logits.shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache)
         return logits
 
     def block_forward(self, x, i, mask, context):
@@ -241,10 +242,13 @@ class Model:
         if self._cache is None:
             raise ValueError("backward: no forward to go back through (call forward first; "
                              "each forward supports one backward)")
-        emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache = self._cache
-        expected = head_cache[0].shape[:-1] + (self.config.vocab_size,)
-        if tuple(dlogits.shape) != expected:
-            raise ValueError(f"backward: dlogits has shape {tuple(dlogits.shape)}, expected the logits' {expected}")
+        logits_shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache = self._cache
+        dlogits = self.xp.asarray(dlogits)                                       # onto the model's device
+        if dlogits.shape != logits_shape:
+            raise ValueError(f"backward: dlogits has shape {dlogits.shape}, expected the logits' {logits_shape}")
+        if dlogits.dtype != self.dtype:
+            raise ValueError(f"backward: dlogits has dtype {dlogits.dtype}, expected the model's {np.dtype(self.dtype)} "
+                             f"(nothing is cast silently)")
         self._cache = None
         cfg, g = self.config, self.grads
 

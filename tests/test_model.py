@@ -286,6 +286,9 @@ def test_model_backward_errors():
     model.forward(batch()[0])
     with pytest.raises(ValueError, match=r"\(2, 8, 50\)"):
         model.backward(np.zeros((B, T, 49), dtype=np.float32))
+    with pytest.raises(ValueError, match="dtype float64, expected the model's float32"):
+        model.backward(np.zeros((B, T, 50)))
+    model.backward(np.zeros((B, T, 50), dtype=np.float32))  # the failed calls kept the forward's caches
 
 
 def test_model_given_params_are_checked():
@@ -296,7 +299,7 @@ def test_model_given_params_are_checked():
         Model(cfg, params={k: v for k, v in params.items() if k != "lm_head"})
     with pytest.raises(ValueError, match="unexpected .'extra'."):
         Model(cfg, params={**params, "extra": params["wte"]})
-    with pytest.raises(ValueError, match="blocks.0.attn.wk"):
+    with pytest.raises(ValueError, match=r"wrong shapes .'blocks.0.attn.wk: \(32, 32\) != \(32, 16\)'.$"):
         Model(cfg, params={**params, "blocks.0.attn.wk": params["blocks.0.attn.wq"]})
     with pytest.raises(ValueError, match="ModelConfig"):
         Model({"n_layer": 2})
