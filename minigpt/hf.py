@@ -106,7 +106,10 @@ def config_from_hf(hf):
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(MODEL_TYPES)}")
-    get = lambda name: hf.get(name, _HF_DEFAULTS[model_type][name])  # noqa: E731
+
+    def get(name):  # a config.json field, or transformers' default when the file leaves it out
+        return hf.get(name, _HF_DEFAULTS[model_type][name])
+
     problems = []
     if model_type in ("gpt2", "openai-gpt"):
         table = _GPT2_ACT if model_type == "gpt2" else _GPT1_ACT
