@@ -118,6 +118,19 @@ def test_glm_span_mode_draws_no_span_beyond_the_target():
         assert sum(lengths) - max(lengths) < 0.15 * len(tokens)
 
 
+@pytest.mark.parametrize("percent", [15, 30, 50])
+def test_glm_span_mode_covers_the_ratio_on_short_texts(percent):
+    # short texts are where a drawn span may not fit (e.g. a length of 5 in 4 tokens) and is redrawn;
+    # the redraw must still reach the target, and leave a token between spans
+    for n in range(1, 41):
+        target = max(1, -(-percent * n // 100))                            # ceil(percent% of n), in integers
+        for seed in range(60):
+            spans = sample_spans(n, np.random.default_rng(seed), mask_ratio=percent / 100)
+            assert sum(e - b for b, e in spans) >= target, (n, seed, spans)
+            assert 0 <= spans[0][0] and spans[-1][1] <= n
+            assert all(e0 < b1 for (_, e0), (b1, _) in zip(spans, spans[1:])), (n, seed, spans)
+
+
 def test_glm_span_lengths_follow_truncated_poisson():
     expected = np.array([math.exp(-3.0) * 3.0 ** k / math.factorial(k) for k in range(1, 40)])
     np.testing.assert_allclose(poisson_length_pmf(3.0, 39), expected / expected.sum(), rtol=1e-12)
@@ -245,6 +258,8 @@ def test_glm_sample_bad_tokens_and_special_ids():
         glm_sample([], SPECIAL)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         glm_sample([1.5, 2.0], SPECIAL)
+    with pytest.raises(ValueError, match="tokens hold the negative id -3"):
+        glm_sample([1, -3, 2], SPECIAL)
     with pytest.raises(ValueError, match="tokens hold special id 100 at position 2"):
         glm_sample([1, 2, M, 4], SPECIAL)
     with pytest.raises(ValueError, match=r"special ids miss \['pad'\]"):

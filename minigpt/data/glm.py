@@ -128,18 +128,29 @@ def sample_spans(n_tokens, rng, mask_ratio=0.15, poisson_lambda=3.0, max_span=39
     lengths = rng.choice(len(pmf), size=target, p=pmf) + 1                  # (target,)
     m = int(np.searchsorted(np.cumsum(lengths), target)) + 1
     lengths = lengths[:m]
-    # m spans need m - 1 unmasked separators. Only the last draw can break that (before it, fewer than
-    # 15% were covered); redraw it from the same distribution restricted to what fits.
-    room = n_tokens - int(lengths[:-1].sum()) - (m - 1)
-    if lengths[-1] > room:
-        p = pmf[:room] / pmf[:room].sum()
-        lengths[-1] = rng.choice(room, p=p) + 1
+    lengths[-1] = _fit_last_length(lengths, n_tokens, target, pmf, rng)
     lengths = rng.permutation(lengths)                                       # (m,) left-to-right order
     # Place them: `slack` unmasked tokens are spare once each gap has its one separator.
     slack = n_tokens - int(lengths.sum()) - (m - 1)
     places = np.sort(rng.integers(0, slack + 1, size=m))                     # (m,) spare tokens before each
     starts = places + np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])    # (m,)
     return [(int(s), int(s + l)) for s, l in zip(starts, lengths)]
+
+
+def _fit_last_length(lengths, n_tokens, target, pmf, rng):
+    """The last drawn span length, redrawn if the m spans and their m - 1 separators overflow the text.
+
+    The spans before the last one cover fewer than `target` tokens (else the last was not drawn), so
+    the last must cover at least need = target - (what they cover), and can take at most
+    room = the tokens left once they and the m - 1 separators are placed. need <= room whenever
+    mask_ratio <= 0.5. An overflowing length is redrawn from the same Poisson, restricted to need..room.
+    """
+    before = int(lengths[:-1].sum())
+    need, room = target - before, n_tokens - before - (len(lengths) - 1)
+    if lengths[-1] <= room:
+        return lengths[-1]
+    allowed = pmf[need - 1:room]                                             # p(L = need), ..., p(L = room)
+    return need + rng.choice(len(allowed), p=allowed / allowed.sum())
 
 
 def sentence_bounds(tokens, sentence_end_ids):
@@ -182,6 +193,8 @@ def _check_tokens(tokens, special):
     if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be a non-empty 1-D sequence of integer ids, got shape {tokens.shape} "
                          f"dtype {tokens.dtype}")
+    if tokens.min() < 0:
+        raise ValueError(f"tokens hold the negative id {int(tokens.min())}: token ids are >= 0")
     reserved = np.array([special.mask, special.smask, special.gmask, special.sop, special.eop])
     clash = np.flatnonzero(np.isin(tokens, reserved))
     if clash.size:
