@@ -94,10 +94,12 @@ def explicit_mask(mask, T, xp=None):
         raise ValueError(f"explicit mask: dtype {mask.dtype}, expected bool (True = may attend)")
     if mask.ndim not in (2, 3) or mask.shape[-2:] != (T, T):
         raise ValueError(f"explicit mask: shape {mask.shape}, expected (T, T) or (B, T, T) with T={T}")
-    blind = np.argwhere(~to_numpy(mask).any(axis=-1))                      # [[b,] i], ...
+    blind = np.argwhere(~to_numpy(mask).any(axis=-1))                      # (n, 1) rows i, or (n, 2) pairs (b, i)
     if blind.size:
-        raise ValueError(f"explicit mask: row(s) {blind.tolist()[:5]} allow no key; "
-                         f"every query needs at least one True")
+        shown = ", ".join(f"(batch {b[0]}, row {b[1]})" if len(b) == 2 else f"row {b[0]}"
+                          for b in blind[:5].tolist())
+        raise ValueError(f"explicit mask: {len(blind)} row(s) allow no key: {shown}"
+                         f"{' ...' if len(blind) > 5 else ''}; every query needs at least one True")
     return mask
 
 

@@ -192,8 +192,10 @@ def test_mixed_dtypes_is_error():
 
 def test_mask_wrong_shape_is_error():
     q, k, v = qkv(2, 4, 2, 5, 6)
-    with pytest.raises(ValueError, match=r"mask shape \(1, 1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"mask shape \(4, 4\) .*T=5, S=5"):
         attention_forward(q, k, v, mask=make_mask("causal", 4))
+    with pytest.raises(ValueError, match=r"mask shape \(3, 5, 5\) .*B=2"):
+        attention_forward(q, k, v, mask=np.ones((3, 5, 5), bool))
     with pytest.raises(ValueError, match=r"mask shape \(2, 3, 5, 5\)"):
         attention_forward(q, k, v, mask=np.ones((2, 3, 5, 5), bool))
 

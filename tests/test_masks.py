@@ -145,5 +145,13 @@ def test_explicit_mask_wrong_shape_is_error():
 def test_explicit_mask_empty_row_is_error():
     m = causal_mask(4).copy()
     m[2] = False
-    with pytest.raises(ValueError, match=r"row\(s\) \[\[2\]\]"):
+    with pytest.raises(ValueError, match=r"1 row\(s\) allow no key: row 2;"):
+        explicit_mask(m, 4)
+
+
+def test_explicit_mask_empty_row_in_a_batch_is_error_naming_the_sample():
+    m = np.stack([causal_mask(4)] * 3)
+    m[1, 3] = False
+    m[2, 0] = False
+    with pytest.raises(ValueError, match=r"2 row\(s\) allow no key: \(batch 1, row 3\), \(batch 2, row 0\);"):
         explicit_mask(m, 4)

@@ -56,13 +56,14 @@ def _grouped_mask(mask, B, H, Hkv, T, S):
     """A boolean mask of any accepted shape -> (B|1, Hkv|1, g|1, T, S), checked row by row."""
     if mask.dtype != bool:
         raise ValueError(f"attention: mask must be boolean (True = may attend), got dtype {mask.dtype}")
+    given = mask.shape                                                      # for the error message
     if mask.ndim == 2:
         mask = mask[None, None]                                             # (1, 1, T, S)
     elif mask.ndim == 3:
         mask = mask[:, None]                                                # (B, 1, T, S)
     if (mask.ndim != 4 or mask.shape[0] not in (1, B) or mask.shape[1] not in (1, H)
             or mask.shape[2:] != (T, S)):
-        raise ValueError(f"attention: mask shape {mask.shape} does not fit: expected (T, S), (B, T, S) "
+        raise ValueError(f"attention: mask shape {given} does not fit: expected (T, S), (B, T, S) "
                          f"or (B, 1|H, T, S) with B={B}, H={H}, T={T}, S={S}")
     sees_something = mask.any(axis=-1)                                      # (B|1, 1|H, T)
     if not bool(sees_something.all()):
