@@ -247,8 +247,8 @@ class Model:
         if dlogits.shape != logits_shape:
             raise ValueError(f"backward: dlogits has shape {dlogits.shape}, expected the logits' {logits_shape}")
         if dlogits.dtype != self.dtype:
-            raise ValueError(f"backward: dlogits has dtype {dlogits.dtype}, expected the model's {np.dtype(self.dtype)} "
-                             f"(nothing is cast silently)")
+            raise ValueError(f"backward: dlogits has dtype {dlogits.dtype}, expected the model's "
+                             f"{np.dtype(self.dtype)} (nothing is cast silently)")
         self._cache = None
         cfg, g = self.config, self.grads
 
@@ -309,7 +309,7 @@ class Model:
             dq, dk = rope2d_backward(dq, rot_q), rope2d_backward(dk, rot_k)
         dh = 0
         for proj, d, proj_cache in (("q", dq, q_cache), ("k", dk, k_cache), ("v", dv, v_cache)):
-            dh_part, dw, db = linear_backward(merge_heads(d), proj_cache)       # (B, T, C) undoes split_heads, projection
+            dh_part, dw, db = linear_backward(merge_heads(d), proj_cache)       # (B, T, C) undoes split, project
             g[f"{name}.w{proj}"] += dw
             if db is not None:
                 g[f"{name}.b{proj}"] += db

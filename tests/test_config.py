@@ -95,21 +95,51 @@ def test_preset_tiny_families_have_tiny_sizes():
         assert num_params(cfg)["total"] < 1e6, name
 
 
-def test_preset_switches_faithful():
-    gpt1 = ModelConfig.preset("gpt1")
-    assert (gpt1.norm_placement, gpt1.final_norm, gpt1.positions, gpt1.tie_embeddings) == ("post", False, "learned", True)
-    gpt2 = ModelConfig.preset("gpt2")
-    assert (gpt2.norm_placement, gpt2.final_norm, gpt2.scaled_residual_init) == ("pre", True, True)
-    assert ModelConfig.preset("gpt3").attention_pattern == "alternating"
-    llama = ModelConfig.preset("llama")
-    assert (llama.norm, llama.activation, llama.rope_pairing, llama.bias, llama.tie_embeddings) == \
-        ("rmsnorm", "swiglu", "half", False, False)
+# Each family's switches as its paper / reference code has them (not read back from our presets).
+FAITHFUL = {
+    "gpt1": dict(norm="layernorm", norm_placement="post", final_norm=False, activation="gelu_tanh",
+                 positions="learned", qkv_bias=True, bias=True, tie_embeddings=True, attention="causal"),
+    "gpt2": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
+                 positions="learned", qkv_bias=True, bias=True, tie_embeddings=True, scaled_residual_init=True),
+    "gpt3": dict(norm_placement="pre", final_norm=True, positions="learned", attention_pattern="alternating",
+                 scaled_residual_init=True),
+    "llama": dict(norm="rmsnorm", norm_placement="pre", activation="swiglu", positions="rope", rope_pairing="half",
+                  rotary_fraction=1.0, qkv_bias=False, bias=False, tie_embeddings=False, attention="causal"),
+    # GLM: Megatron's pre-LN blocks, final LN, word + position + block-position tables, tied output
+    "glm": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
+                positions="glm2d", qkv_bias=True, bias=True, tie_embeddings=True, attention="prefix",
+                scaled_residual_init=True),
+    # ChatGLM-6B's GLMBlock: alpha = sqrt(2 * num_layers), 2D RoPE, gelu_impl (tanh) in a non-gated MLP
+    "chatglm": dict(norm="layernorm", norm_placement="deepnorm", final_norm=True, activation="gelu_tanh",
+                    positions="rope2d", qkv_bias=True, bias=True, attention="prefix"),
+    # ChatGLM2: add_qkv_bias, no add_bias_linear, multi_query_group_num 2, RotaryEmbedding(rotary_dim // 2)
+    # applied to (2i, 2i+1) pairs, untied output_layer, causal
+    "chatglm2": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu", positions="rope",
+                     rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True, bias=False, n_kv_head=2,
+                     tie_embeddings=False, attention="causal"),
+    "glm4": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu", positions="rope",
+                 rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True, bias=False, n_kv_head=2,
+                 tie_embeddings=False, attention="causal"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAITHFUL))
+def test_preset_switches_faithful(name):
+    cfg = ModelConfig.preset(name)
+    got = {field: getattr(cfg, field) for field in FAITHFUL[name]}
+    assert got == FAITHFUL[name]
+
+
+def test_preset_published_sizes_faithful():
     chatglm = ModelConfig.preset("chatglm-6b")
-    assert (chatglm.norm_placement, chatglm.positions, chatglm.attention) == ("deepnorm", "rope2d", "prefix")
-    assert chatglm.deepnorm_alpha == math.sqrt(56)
+    assert chatglm.deepnorm_alpha == math.sqrt(56) and chatglm.head_dim == 128 and chatglm.d_ff == 16384
     glm4 = ModelConfig.preset("glm4-9b")
-    assert (glm4.rotary_dim, glm4.rope_pairing, glm4.n_kv_head, glm4.qkv_bias, glm4.bias) == \
-        (64, "interleaved", 2, True, False)
+    assert (glm4.rotary_dim, glm4.n_kv_head, glm4.d_ff, glm4.norm_eps) == (64, 2, 13696, 1.5625e-07)
+    assert glm4.rope_theta == 10000 * 500                                    # glm-4-9b-chat's rope_ratio
+    assert ModelConfig.preset("chatglm2-6b").rotary_dim == 64                # half of each 128-wide head
+    llama3 = ModelConfig.preset("llama3-8b")
+    assert (llama3.n_kv_head, llama3.rope_theta, llama3.vocab_size) == (8, 500000.0, 128256)
+    assert ModelConfig.preset("llama-7b").n_kv_head == 32                    # LLaMA-1 and -2 7B: no GQA
 
 
 def test_preset_overrides_apply_and_rederive_d_ff():
