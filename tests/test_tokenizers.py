@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import regex
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minigpt.data import load_corpus
@@ -97,6 +97,18 @@ def test_bpe_train_matches_naive_reference(corpus):
     assert tok.merges == naive_merges(text, 120, [EOT])
 
 
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["a", "b", "aa", "ab", "ba", " ", " a", "\n", "今", "😀", "1", EOT]),
+                       min_size=1, max_size=80),
+       n_merges=st.integers(1, 25))
+def test_bpe_train_matches_naive_on_small_texts(pieces, n_merges):
+    # tiny alphabets make many ties and overlapping pairs ("aaa"), where incremental counting goes wrong first
+    text = "".join(pieces)
+    assume(text.replace(EOT, ""))
+    tok = BPETokenizer.train(text, 256 + n_merges + 1, [EOT])
+    assert tok.merges == naive_merges(text, n_merges, [EOT])
+
+
 def test_bpe_train_is_deterministic(corpus):
     half = len(corpus) // 2
     a = BPETokenizer.train([corpus[:half], corpus[half:]], 400, [EOT])
@@ -166,6 +178,16 @@ def test_bpe_round_trip_any_text(bpe, text):
 @given(data=st.binary(max_size=40))
 def test_bpe_decode_invalid_utf8_replaces(bpe, data):
     assert bpe.decode(list(data)) == data.decode("utf-8", errors="replace")   # ids 0..255 are the bytes
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_bpe_decode_any_ids_matches_hf(bpe, saved, hf_tokenizers, data):
+    # any id sequence (cut multi-byte characters, specials, stray continuation bytes) decodes, never raises,
+    # and replaces invalid UTF-8 exactly as Hugging Face's ByteLevel decoder does
+    ids = data.draw(st.lists(st.one_of(st.integers(0, bpe.vocab_size - 1), st.integers(0x80, 0xFF)), max_size=12))
+    hf = hf_tokenizers.Tokenizer.from_file(str(Path(saved) / "tokenizer.json"))
+    assert bpe.decode(ids) == hf.decode(ids, skip_special_tokens=False)
 
 
 def test_bpe_decode_bytes_for_streaming(bpe):
@@ -257,6 +279,30 @@ def test_bpe_refuses_tokenizer_json_it_would_not_reproduce(saved, tmp_path):
         BPETokenizer.load(tmp_path)
 
 
+def gpt2_hub_style(spec):
+    """Rewrite a tokenizer.json the way GPT-2's own file on the Hugging Face hub is written (2020's format):
+    no model type, "" for the subword prefix and suffix, merges as "a b" strings, a ByteLevel post-processor."""
+    model = spec["model"]
+    spec["model"] = {"dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                     "fuse_unk": False, "vocab": model["vocab"], "merges": [" ".join(m) for m in model["merges"]]}
+    spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
+    spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False}
+    for added in spec["added_tokens"]:
+        added["normalized"] = True
+    return spec
+
+
+def test_bpe_loads_gpt2_hub_style_tokenizer_json(bpe, saved, tmp_path):
+    spec = gpt2_hub_style(json.loads((Path(saved) / "tokenizer.json").read_text(encoding="utf-8")))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    loaded = BPETokenizer.load(tmp_path)
+    assert loaded.vocab == bpe.vocab and loaded.merges == bpe.merges and loaded.special_tokens == bpe.special_tokens
+    spec["model"]["continuing_subword_prefix"] = "##"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="continuing_subword_prefix is '##'"):
+        BPETokenizer.load(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def hf_tokenizers():
     return pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is not installed (extra: parity)")
@@ -272,6 +318,14 @@ def test_bpe_matches_hf_bytelevel_bpe(bpe, saved, hf_tokenizers):
         assert from_gpt2_files.encode(text).ids == ids, text
         assert from_json.encode(text).ids == ids, text
         assert from_json.decode(ids, skip_special_tokens=False) == text
+
+
+def test_bpe_matches_hf_on_gpt2_hub_style_file(bpe, saved, hf_tokenizers, tmp_path):
+    spec = gpt2_hub_style(json.loads((Path(saved) / "tokenizer.json").read_text(encoding="utf-8")))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in SAMPLES:
+        assert hf.encode(text).ids == BPETokenizer.load(tmp_path).encode(text) == bpe.encode(text), text
 
 
 @settings(max_examples=150, deadline=None)

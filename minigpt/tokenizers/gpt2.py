@@ -174,16 +174,19 @@ def parse_tokenizer_json(spec, where="tokenizer.json"):
 
     Anything this tokenizer would not reproduce exactly (a normalizer, a prefix space, a different
     pre-tokenizer, stripping added tokens, BPE dropout, subword prefixes) is refused with a ValueError.
+    Older files, GPT-2's own among them, write no model type (a model with merges is a BPE) and write
+    the subword prefix and suffix as "" rather than null; both mean the same as here.
     """
     model = spec.get("model") or {}
-    _expect(model.get("type"), "BPE", "the model type", where)
+    _expect(model.get("type", "BPE" if "merges" in model else None), "BPE", "the model type", where)
     _expect(spec.get("normalizer"), None, "the normalizer", where)
     pre = spec.get("pre_tokenizer") or {}
     _expect(pre.get("type"), "ByteLevel", "the pre-tokenizer", where)
     _expect(pre.get("add_prefix_space"), False, "the pre-tokenizer's add_prefix_space", where)
     _expect(pre.get("use_regex", True), True, "the pre-tokenizer's use_regex", where)
-    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        _expect(model.get(key), None, f"the model's {key}", where)
+    _expect(model.get("dropout"), None, "the model's dropout", where)
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        _expect(model.get(key) or None, None, f"the model's {key}", where)
     _expect(model.get("byte_fallback", False), False, "the model's byte_fallback", where)
     _expect(model.get("ignore_merges", False), False, "the model's ignore_merges", where)
 
