@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from minigpt.data import (IGNORE_INDEX, GLMCollator, GLMSample, GLMSpecialIds, glm_collate, glm_sample, poisson_length_pmf,
-                          sample_spans)
+from minigpt.data import (IGNORE_INDEX, GLMCollator, GLMSample, GLMSpecialIds, glm_collate, glm_sample,
+                          poisson_length_pmf, sample_spans)
 from minigpt.masks import prefix_mask
 
 SPECIAL = dict(mask=100, smask=101, gmask=102, sop=103, eop=104, pad=0)

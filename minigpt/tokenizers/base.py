@@ -95,8 +95,8 @@ def read_texts(text_or_files):
 
 
 class Tokenizer:
-    """The shared interface. Subclasses set self.special_tokens, self._splitter and implement
-    encode, decode, vocab_size, save, and _cut_points (where a stream may be cut without changing the ids)."""
+    """The shared interface. Subclasses set self.special_tokens {str: id} and implement encode, decode,
+    vocab_size, save, and _cut_points (where a stream may be cut without changing the ids)."""
 
     special_tokens: dict
 

@@ -39,7 +39,7 @@ from minigpt.tokenizers.gpt2 import (GPT2_PATTERN, load_gpt2_files, parse_tokeni
 # (never into whitespace: "\s+(?!\S)" looks ahead). Searched from the end of the text ((?r)).
 _CUT = regex.compile(r"(?r)\S(?=\s)|\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])")
 
-_NO_MERGE = (float("inf"), -1)
+_NO_MERGE = (float("inf"), -1)                 # the rank of a pair that no merge makes: after every real one
 
 
 class _GreatestFirst:
@@ -208,10 +208,9 @@ class BPETokenizer(Tokenizer):
         ranks = self._ranks
         while len(ids) > 1:
             pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, _NO_MERGE))
-            rank, new_id = ranks.get(pair, _NO_MERGE)
-            if new_id < 0:
+            if pair not in ranks:                       # not even the best pair has a merge: done
                 break
-            ids = _merge(ids, pair, new_id)
+            ids = _merge(ids, pair, ranks[pair][1])
         return ids
 
     def encode(self, text):
