@@ -301,11 +301,12 @@ def test_attention_parity_with_torch_kv_cache_and_scale(dtype, T):
             assert max_relative(a, b) < 1e-5, name
 
 
-def test_attention_parity_with_torch_per_head_mask():
-    # a (B, H, T, S) mask: every sample and head its own pattern
+@pytest.mark.parametrize("batch_axis", [1, 3])
+def test_attention_parity_with_torch_per_head_mask(batch_axis):
+    # a (B, H, T, S) mask, every sample and head its own pattern; (1, H, T, S) shares one over the batch
     pytest.importorskip("torch")
     rng = np.random.default_rng(13)
-    mask = rng.random((3, 4, 5, 5)) < 0.5
+    mask = rng.random((batch_axis, 4, 5, 5)) < 0.5
     mask[..., 0] = True                                                    # every row sees key 0
     q, k, v = qkv(3, 4, 2, 5, 6, seed=13)
     out, cache = attention_forward(q, k, v, mask=mask)
