@@ -230,8 +230,10 @@ def config_to_hf(config):
           # minigpt knows no tokenizer: no special ids (the HF defaults may lie outside a small vocab)
           "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if model_type in ("gpt2", "openai-gpt"):
+        # minigpt drops the embeddings and each sublayer's output (embd_pdrop, resid_pdrop), never the
+        # attention probabilities (attn_pdrop)
         hf.update(n_layer=c.n_layer, n_embd=c.d_model, n_head=c.n_head, n_positions=c.max_seq_len,
-                  layer_norm_epsilon=c.norm_eps, attn_pdrop=c.dropout, embd_pdrop=c.dropout, resid_pdrop=c.dropout)
+                  layer_norm_epsilon=c.norm_eps, embd_pdrop=c.dropout, resid_pdrop=c.dropout, attn_pdrop=0.0)
         if model_type == "gpt2":
             act = {v: k for k, v in _GPT2_ACT.items() if k != "gelu_pytorch_tanh"}
             hf.update(n_inner=c.d_ff, activation_function=act[c.activation])
@@ -241,7 +243,9 @@ def config_to_hf(config):
     hf.update(hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
               num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
               hidden_act={v: k for k, v in _GATED_ACT.items()}[c.activation], max_position_embeddings=c.max_seq_len,
-              rms_norm_eps=c.norm_eps, attention_bias=c.qkv_bias, attention_dropout=c.dropout,
+              # LLaMA / GLM drop only attention probabilities, which minigpt never does (its embedding and
+              # residual dropout has no field in these configs)
+              rms_norm_eps=c.norm_eps, attention_bias=c.qkv_bias, attention_dropout=0.0,
               rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
     if model_type == "llama":
         hf["mlp_bias"] = False

@@ -214,6 +214,13 @@ def test_config_from_hf_reads_old_and_new_rope_fields():
     assert gpt2.activation == "gelu"                         # ACT2FN["gelu"] is the exact erf GELU
 
 
+def test_config_to_hf_dropout_where_minigpt_drops():
+    """minigpt drops embeddings and sublayer outputs, never attention probabilities."""
+    gpt2 = hf.config_to_hf(tiny("gpt2", dropout=0.1))
+    assert (gpt2["embd_pdrop"], gpt2["resid_pdrop"], gpt2["attn_pdrop"]) == (0.1, 0.1, 0.0)
+    assert hf.config_to_hf(tiny("llama", dropout=0.1))["attention_dropout"] == 0.0
+
+
 def test_save_unmappable_config_says_why(tmp_path):
     model = Model(tiny("chatglm"))
     with pytest.raises(ValueError, match="maps to no Hugging Face family") as err:
