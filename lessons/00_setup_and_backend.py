@@ -120,7 +120,7 @@ for h in steps:
 # `np.array([0.5])` (a float64 array) multiplied into a float32 tensor would silently upcast it.
 
 # %%
-a = np.ones(3, dtype=np.float32)
+a = np.ones(3, dtype=np.float32)                           # (3,)
 print("float32 * Python float:", (a * 0.5).dtype, "| float32 * float64 array:", (a * np.array([0.5])).dtype)
 
 # %% [markdown]

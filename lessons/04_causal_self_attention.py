@@ -280,6 +280,7 @@ qp, kp, vp = (X_pos @ W for W in (Wq_prev, Wk_prev, Wv_prev))                # (
 out_prev, _, probs_prev = attention_forward(qp[None, None], kp[None, None], vp[None, None],
                                             mask=causal_mask(T), return_probs=True)  # (1, 1, T, D), (1, 1, T, T)
 print(probs_prev[0, 0].round(3))
+print("where each position read from (argmax of its output, V = I):", out_prev[0, 0].argmax(axis=-1).tolist())
 attention_png = plot_attention(probs_prev[0, 0], labels, "04_previous_token_head",
                                title="a previous-token head (built by hand)")
 print("saved", attention_png)
@@ -322,6 +323,8 @@ assert (dS[~mask] == 0).all()
 assert (moved_last[:-1] == 0).all() and moved_last[-1] > 0 and (moved_first > 0).all()
 i = np.arange(1, T)
 assert np.allclose(probs_prev[0, 0, i, i - 1], np.exp(s_prev) / (np.exp(s_prev) + i)) and probs_prev[0, 0, 0, 0] == 1
+assert np.allclose(out_prev, probs_prev)                     # V = I: each output row is its row of weights
+assert out_prev[0, 0].argmax(axis=-1).tolist() == [0] + list(range(T - 1))   # position i read i - 1
 out32, _ = attention_forward(*(a.astype(np.float32)[None, None] for a in (q, k, v)), mask=mask)
 assert out32.dtype == np.float32
 assert mask_png.exists() and attention_png.exists()

@@ -180,7 +180,7 @@ b2 = 0.1 * rng.standard_normal(C)                            # (C,)
 h = x @ w1 + b1                                              # (B, T, F) expand
 a = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h * h * h)))   # (B, T, F) GELU, tanh form
 y_scratch = a @ w2 + b2                                      # (B, T, C) project back
-y, mlp_cache = mlp_forward(x, w1, b1, w2, b2, activation="gelu_tanh")          # (B, T, C)
+y, _ = mlp_forward(x, w1, b1, w2, b2, activation="gelu_tanh")                  # (B, T, C)
 print("from scratch vs mlp_forward:", rel_error(y_scratch, y))
 
 n_mlp = w1.size + b1.size + w2.size + b2.size

@@ -206,7 +206,7 @@ lengths = []
 for b, s in enumerate(texts):
     batch_ids[b, :len(s)] = tokenizer.encode(s)
     lengths.append(len(s))
-batch_inputs, batch_targets = batch_ids[:, :-1], batch_ids[:, 1:].copy()   # (B, T) each
+batch_targets = batch_ids[:, 1:].copy()                      # (B, T) the inputs would be batch_ids[:, :-1]
 for b, n in enumerate(lengths):
     batch_targets[b, n - 1:] = IGNORE_INDEX                  # no target past the end of text b
 print("targets:\n", batch_targets)
@@ -295,7 +295,7 @@ assert ids.shape == (6,) and inputs.shape == targets.shape == (1, 5)
 assert (inputs[0] == inputs_scratch).all() and (targets[0] == targets_scratch).all()
 assert tokenizer.decode(inputs[0, :4].tolist()) == "今天天气" and tokenizer.decode([int(targets[0, 3])]) == "很"
 assert tokenizer.decode([int(targets[0, 4])]) == "好"
-naive32, stable32 = overflow_table[100.0, np.float32]
+naive32, _ = overflow_table[100.0, np.float32]
 assert np.isnan(naive32[0]) and np.isneginf(naive32[2])      # overflow (inf/inf) and underflow (log 0)
 assert np.isfinite(overflow_table[100.0, np.float64][0]).all() and np.isnan(overflow_table[1000.0, np.float64][0][0])
 for (scale, dtype), (_, stable) in overflow_table.items():

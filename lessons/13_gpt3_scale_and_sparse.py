@@ -300,7 +300,7 @@ print(f"tiny gpt3: {model.num_params():,} parameters, logits {logits.shape}, los
       f"(log V = {np.log(g3.vocab_size):.4f})")
 
 # 1. block by block, choosing each layer's mask ourselves
-p, pos = model.params, np.broadcast_to(np.arange(T), (B, T))
+p, pos = model.params, np.broadcast_to(np.arange(T), (B, T))           # pos (B, T)
 x = embedding_forward(ids, p["wte"])[0] + learned_position_forward(pos, p["wpe"])[0]   # (B, T, C)
 layer_masks = [causal_mask(T) if i % 2 == 0 else banded_mask(T, g3.attn_window) for i in range(g3.n_layer)]
 for i, m in enumerate(layer_masks):

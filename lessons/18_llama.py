@@ -176,7 +176,7 @@ def rope_rotate_half(x, theta):
     """Rotate channel pairs (i, i + D/2) of x (B, H, T, D) at position m by the angle m * theta^(-2i/D)."""
     T, D = x.shape[-2:]
     angle = np.arange(T)[:, None] * theta ** (-np.arange(0, D, 2) / D)          # (T, D/2)
-    cos, sin = np.cos(angle), np.sin(angle)
+    cos, sin = np.cos(angle), np.sin(angle)                                      # (T, D/2) each
     a, b = x[..., :D // 2], x[..., D // 2:]                                      # (B, H, T, D/2) each
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)       # (B, H, T, D)
 
@@ -196,7 +196,7 @@ def llama_forward(p, cfg, ids):
         q, k = rope_rotate_half(q, cfg.rope_theta), rope_rotate_half(k, cfg.rope_theta)
         k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)    # (B, H, T, D) head h reads kv h // g
         s = np.where(causal, q @ k.transpose(0, 1, 3, 2) / np.sqrt(D), -np.inf)  # (B, H, T, T)
-        a = np.exp(s - s.max(axis=-1, keepdims=True))
+        a = np.exp(s - s.max(axis=-1, keepdims=True))                           # (B, H, T, T)
         a = a / a.sum(axis=-1, keepdims=True)                                    # (B, H, T, T) softmax
         o = (a @ v).transpose(0, 2, 1, 3).reshape(B, T, H * D)                   # (B, T, C)
         x = x + o @ w["attn.wo"]                                                 # (B, T, C) no bias

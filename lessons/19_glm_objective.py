@@ -260,7 +260,7 @@ assert sample.ids.tolist() == [11, 12, 1, 14, 1, 4, 15, 16, 4, 13]
 assert sample.targets.tolist() == [IGNORE_INDEX] * 5 + [15, 16, 5, 13, 5]
 assert sample.position_ids.tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 2, 2]
 assert sample.block_position_ids.tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 1, 2]
-by_hand = np.zeros((L, L), dtype=bool)
+by_hand = np.zeros((L, L), dtype=bool)                         # (T, T)
 by_hand[:, :5] = True                                          # everyone sees Part A
 by_hand[5:, 5:] = np.tril(np.ones((L - 5, L - 5), dtype=bool))  # Part B is causal within itself
 assert (mask == by_hand).all()

@@ -162,7 +162,7 @@ def rotate(x, pos, first, second, theta):
     """Turn channel pairs (first[i], second[i]) of x (B, H, T, D) at position pos (T,) by pos * theta^(-2i/R)."""
     R = 2 * len(first)                                                           # channels rotated
     angle = pos[:, None] * theta ** (-np.arange(0, R, 2) / R)                    # (T, R/2)
-    cos, sin = np.cos(angle), np.sin(angle)
+    cos, sin = np.cos(angle), np.sin(angle)                                      # (T, R/2) each
     a, b = x[..., first], x[..., second]                                         # (B, H, T, R/2) each
     out = x.copy()                                                               # (B, H, T, D)
     out[..., first], out[..., second] = a * cos - b * sin, b * cos + a * sin
@@ -216,7 +216,7 @@ def glm_forward(p, cfg, ids, pos, block_pos=None, sep=None):
             q, k = (rope_partial_interleaved(t, pos, cfg.rope_theta) for t in (q, k))
         k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)    # (B, H, T, D)
         s = np.where(mask, q @ k.transpose(0, 1, 3, 2) / np.sqrt(D), -np.inf)    # (B, H, T, T)
-        a = np.exp(s - s.max(axis=-1, keepdims=True))
+        a = np.exp(s - s.max(axis=-1, keepdims=True))                            # (B, H, T, T)
         a = a / a.sum(axis=-1, keepdims=True)                                    # (B, H, T, T)
         o = (a @ v).transpose(0, 2, 1, 3).reshape(B, T, H * D) @ w["attn.wo"]    # (B, T, C)
         x = residual(x, h, o + w["attn.bo"] if cfg.bias else o)                  # (B, T, C)

@@ -428,7 +428,7 @@ for family, names in (("gpt2", ["transformer.wte.weight", "transformer.h.0.attn.
                       ("glm", ["model.layers.0.mlp.gate_up_proj.weight", "model.layers.1.self_attn.k_proj.weight",
                                "model.layers.0.self_attn.q_proj.bias", "lm_head.weight"])):
     model64 = hf.load(paths[family], dtype="float64")
-    loss, dlogits = cross_entropy(model64.forward(ids), targets)   # dlogits (B, T, V)
+    _, dlogits = cross_entropy(model64.forward(ids), targets)      # (B, T, V)
     model64.zero_grad()
     model64.backward(dlogits)
     hf_grads = hf.to_hf_state_dict(model64.config, model64.grads)  # {HF name: gradient in HF layout}
