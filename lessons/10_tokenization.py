@@ -355,9 +355,9 @@ except ImportError:
 #    50 merges?
 # 3. `encode_iterable(lines)` gives exactly the ids of `encode("".join(lines))`. Find a text where encoding
 #    each line separately with `encode` does *not* (hint: whitespace at the start of a line).
-# 4. Add `<|im_start|>` and `<|im_end|>` as special tokens and encode a two-turn chat. How many ids do the markers cost?
-# 5. With the table above, estimate how much longer a Chinese document of 1,000 characters is in tokens than
-#    an English one of 1,000 characters, for each tokenizer. What does that do to the cost of attention, O(T²)?
+# 4. Add `<|im_start|>` and `<|im_end|>` as special tokens and encode a two-turn chat. How many ids do the markers
+#    cost? And with the table above: how many times longer in tokens is a Chinese document than an English one of
+#    the same number of characters, for each tokenizer, and what does that do to attention's O(T²) cost?
 
 # %% [markdown]
 # ## Check

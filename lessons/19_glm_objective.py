@@ -247,9 +247,7 @@ print("ids", batch.ids.shape, "| sep", batch.sep.tolist(), "| mask", batch_mask.
 # 2. Why would two touching spans be a problem in span mode but not in sentence mode?
 # 3. Replace the position of a Part B token by its own index in the sequence (like GPT). What could the model then
 #    learn about the span's length, and why is that cheating at test time?
-# 4. Count, for the span mode on N tokens, the expected sequence length N + 2m. How many extra ids does GLM pay
-#    over GPT for the same text?
-# 5. In the batch above, the padding positions get causal rows of the prefix mask and so attend to real tokens.
+# 4. In the batch above, the padding positions get causal rows of the prefix mask and so attend to real tokens.
 #    Why does that never change the loss or the gradient of the real tokens?
 
 # %% [markdown]

@@ -47,7 +47,8 @@ def test_lessons_map_one_file_per_number():
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)
 def test_lesson_is_a_jupytext_percent_script(path):
     """Opens as a notebook: percent format, a markdown title with the right number, markdown and code cells,
-    Summary / Exercises / Check sections, a FAST switch, and a last code cell that prints the OK line."""
+    Summary / Exercises (2 to 4) / Check sections, a FAST switch, and a last code cell that asserts and prints
+    the OK line."""
     jupytext = pytest.importorskip("jupytext")
     number = lesson_number(path)
     text = path.read_text(encoding="utf-8")
@@ -60,6 +61,8 @@ def test_lesson_is_a_jupytext_percent_script(path):
     markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     for section in ("**You will learn**", "## Summary", "## Exercises", "## Check"):
         assert section in markdown, f"{path.name}: no {section!r}"
+    exercises = markdown.split("## Exercises", 1)[1].split("## Check", 1)[0]
+    assert 2 <= len(re.findall(r"^\d\. ", exercises, re.M)) <= 4, f"{path.name}: want 2-4 numbered exercises"
     assert 'FAST = os.environ.get("MINIGPT_FAST") == "1"' in text
     assert cells[-2].cell_type == "markdown" and cells[-2].source.strip() == "## Check"
     assert cells[-1].cell_type == "code" and cells[-1].source.rstrip().endswith(f'print("lesson {number} OK")')
