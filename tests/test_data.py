@@ -44,6 +44,8 @@ def test_load_corpus_missing_path(tmp_path):
 
 
 def test_load_corpus_empty(tmp_path):
+    with pytest.raises(ValueError, match="corpus source '' is empty"):
+        load_corpus("")
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
     with pytest.raises(ValueError, match="empty.txt.*is empty"):
         load_corpus(tmp_path / "empty.txt")
@@ -188,6 +190,10 @@ def test_batch_sampler_sequence_longer_than_data():
         BatchSampler(split_tokens(np.arange(50), 0.0)[1], 4, 2)
     with pytest.raises(ValueError, match="seq_len=0, batch_size=2"):
         BatchSampler(np.arange(9), seq_len=0, batch_size=2)
+    with pytest.raises(ValueError, match="seq_len=4.5: expected an integer"):
+        BatchSampler(np.arange(9), seq_len=4.5, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size='2': expected an integer"):
+        list(sequential_batches(np.arange(9), seq_len=4, batch_size="2"))
 
 
 def test_sequential_batches_see_each_token_once():

@@ -103,6 +103,9 @@ def split_tokens(tokens, val_fraction=0.1):
 
 
 def _check_lengths(n_tokens, seq_len, batch_size):
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name}={value!r}: expected an integer")
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len={seq_len}, batch_size={batch_size}: both must be >= 1")
     if seq_len + 1 > n_tokens:

@@ -42,11 +42,14 @@ def load_corpus(source=BUILTIN):
 
     source: "builtin" (CPython's documentation topics), a UTF-8 text file, or a folder whose files
     (recursively, hidden ones skipped, sorted by relative path) are read and joined by newlines.
-    Errors: a missing path -> FileNotFoundError; a file that is not UTF-8 -> ValueError naming the
-    file and byte offset; a corpus with no text -> ValueError.
+    Errors: a missing path -> FileNotFoundError; an empty source string, a file that is not UTF-8
+    (naming the file and byte offset), a corpus with no text -> ValueError.
     """
     if source == BUILTIN:
         return builtin_corpus()
+    if isinstance(source, str) and not source.strip():
+        raise ValueError(f"corpus source {source!r} is empty: give {BUILTIN!r}, a UTF-8 text file or a folder "
+                         "(an empty path would read the current folder)")
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist "
