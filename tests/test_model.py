@@ -45,6 +45,19 @@ def test_model_gradients_every_parameter(name):
     assert errors[worst] < 1e-6, {k: e for k, e in errors.items() if e >= 1e-6}
 
 
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_gradients_odd_shapes(name):
+    """B=1, T=1 (one token: attention over itself alone) and B=3, T=7 (T past the GPT-3 band, not a power of 2)."""
+    cfg = tiny(name)
+    model = Model(cfg, seed=0, dtype="float64")
+    roughen(model)
+    for shape in ((1, 1), (3, 7)):
+        ids, targets = batch(seed=3, shape=shape)
+        kwargs = dict(prefix_len=np.arange(shape[0]) * 3 % (shape[1] + 1)) if cfg.attention == "prefix" else {}
+        errors = check_model_gradients(model, ids, targets, entries=2, **kwargs)
+        assert max(errors.values()) < 1e-6, (shape, errors)
+
+
 @pytest.mark.parametrize("name, overrides", [
     ("gpt1", dict(positions="sinusoidal")),
     ("gpt2", dict(activation="relu", tie_embeddings=False, qkv_bias=False)),
