@@ -107,8 +107,11 @@ for name, published in PUBLISHED.items():
 
 # %% [markdown]
 # Every published size is reproduced to within its rounding (GPT-3 Medium's "350M" is 356M; Table 2.1 rounds). GPT-1
-# has no final LayerNorm, so its count has no $2C$ term. Attention costs $T/6C$ times the blocks' matmuls: $0.44$ for
-# GPT-3 Small ($T = 2048$, $C = 768$), a 23% share, but $0.028$ for GPT-3 175B, a 2.7% share. At scale the cost is $6N$.
+# has no final LayerNorm, so its count has no $2C$ term. Two rows of Table 2.1 do not add up as printed: GPT-3 XL with 24
+# heads of 128 ($3072 \ne 2048$) and GPT-3 13B with $d_\text{model} = 5140$ (not $40 \times 128$); the presets use 16 heads
+# and 5120 (the head count does not change the parameter count at all; 5120 against 5140 changes it by 0.8%).
+# Attention costs $T/6C$ times the blocks' matmuls: $0.44$ for GPT-3 Small ($T = 2048$, $C = 768$), a 23% share, but
+# $0.028$ for GPT-3 175B, a 2.7% share. At scale the cost is $6N$.
 #
 # ## The textbook's size table, checked
 #
