@@ -32,14 +32,16 @@ def numerical_gradient(f, x, h=1e-6, indices=None):
     """Centered-difference gradient of the scalar function f() with respect to the array x,
     which f reads and this function perturbs in place (and restores).
     indices: flat indices to estimate (default: all). Returns (flat indices, their gradients).
+    Entries are written through x's own multi-index, never through x.reshape(-1): for a non-contiguous
+    x (a transposed view) the reshape is a copy, and perturbing a copy would leave f unchanged.
     """
     if indices is None:
         indices = np.arange(x.size)
     grads = np.empty(len(indices), dtype=np.float64)
     for n, i in enumerate(indices):
-        entry = np.unravel_index(i, x.shape)  # x's own index, not x.reshape(-1)[i]: reshaping a
-        old = x[entry].item()                 # non-contiguous x (a transposed view) copies, and
-        x[entry] = old + h                    # perturbing the copy would leave f unchanged
+        entry = np.unravel_index(i, x.shape)  # flat index i -> (i0, i1, ...) of x
+        old = x[entry].item()
+        x[entry] = old + h
         f_plus = float(f())
         x[entry] = old - h
         f_minus = float(f())
