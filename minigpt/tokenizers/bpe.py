@@ -67,6 +67,40 @@ def _merge(ids, pair, new_id):
     return out
 
 
+def count_pairs(words, freqs):
+    """Weighted counts of adjacent id pairs, and for each pair the set of words it occurs in."""
+    pair_counts = Counter()                             # (id_a, id_b) -> weighted count
+    where = {}                                          # (id_a, id_b) -> {index of each word containing it}
+    for w, (ids, f) in enumerate(zip(words, freqs)):
+        for pair in zip(ids, ids[1:]):
+            pair_counts[pair] += f
+            where.setdefault(pair, set()).add(w)
+    return pair_counts, where
+
+
+def merge_in_words(pair, new_id, words, freqs, pair_counts, where):
+    """Replace pair by new_id in every word holding it, updating pair_counts and where in place.
+
+    Only those words change, so only their pairs are recounted: each word's old pairs leave the
+    counts and its new pairs enter them. Returns the set of pairs whose count changed.
+    """
+    changed = set()
+    for w in where.pop(pair):
+        ids, f = words[w], freqs[w]
+        new_ids = _merge(ids, pair, new_id)
+        if len(new_ids) == len(ids):                    # stale index entry: an earlier merge took the pair away
+            continue
+        for p in zip(ids, ids[1:]):
+            pair_counts[p] -= f
+            changed.add(p)
+        for p in zip(new_ids, new_ids[1:]):
+            pair_counts[p] += f
+            changed.add(p)
+            where.setdefault(p, set()).add(w)
+        words[w] = new_ids
+    return changed
+
+
 def learn_merges(word_counts, n_tokens):
     """BPE on {pre-token bytes: frequency} until the vocabulary has 256 + n_tokens entries (or no pair is left).
 
@@ -77,14 +111,9 @@ def learn_merges(word_counts, n_tokens):
     token_id = {t: i for i, t in enumerate(vocab)}
     words = [list(w) for w in word_counts]              # each pre-token as its byte ids
     freqs = list(word_counts.values())
-    pair_counts = Counter()                             # (id_a, id_b) -> weighted count
-    where = {}                                          # (id_a, id_b) -> {index of each word containing it}
-    for w, (ids, f) in enumerate(zip(words, freqs)):
-        for pair in zip(ids, ids[1:]):
-            pair_counts[pair] += f
-            where.setdefault(pair, set()).add(w)
+    pair_counts, where = count_pairs(words, freqs)
 
-    def heap_entry(pair):
+    def heap_entry(pair):                               # the most frequent pops first, then the greatest bytes
         return (-pair_counts[pair], _GreatestFirst((vocab[pair[0]], vocab[pair[1]])), pair)
 
     heap = [heap_entry(p) for p in pair_counts]
@@ -100,25 +129,10 @@ def learn_merges(word_counts, n_tokens):
             new_id = token_id[merged] = len(vocab)
             vocab.append(merged)
         merges.append((pair[0], pair[1], new_id))
-
-        changed = set()
-        for w in where.pop(pair):
-            ids, f = words[w], freqs[w]
-            new_ids = _merge(ids, pair, new_id)
-            if len(new_ids) == len(ids):                # stale index entry: an earlier merge took the pair away
-                continue
-            for p in zip(ids, ids[1:]):                 # the word's old pairs leave the counts ...
-                pair_counts[p] -= f
-                changed.add(p)
-            for p in zip(new_ids, new_ids[1:]):         # ... and its new pairs enter them
-                pair_counts[p] += f
-                changed.add(p)
-                where.setdefault(p, set()).add(w)
-            words[w] = new_ids
-        for p in changed:
-            if pair_counts[p] > 0:
+        for p in merge_in_words(pair, new_id, words, freqs, pair_counts, where):
+            if pair_counts[p] > 0:                      # a fresh entry; the old ones are now stale
                 heapq.heappush(heap, heap_entry(p))
-            else:                                       # gone from every word (pair itself included)
+            else:                                       # gone from every word (the merged pair itself included)
                 del pair_counts[p]
                 where.pop(p, None)
     return vocab, merges
