@@ -417,7 +417,8 @@ def read_tensors(path):
 # ---------------------------------------------------------------------------------------------
 
 def load(path, dtype="float32", device=None):
-    """A Model from a Hugging Face checkpoint folder (config.json + *.safetensors), cast to dtype."""
+    """A Model from a Hugging Face checkpoint folder (config.json + *.safetensors, one file or shards),
+    cast to dtype, on device ("cpu", "cuda"; None: MINIGPT_DEVICE or the CPU)."""
     dtype = resolve_dtype(dtype)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
