@@ -30,7 +30,7 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7", "hypothesis>=6"],
-        "parity": ["torch", "transformers", "tokenizers"],
+        "parity": ["torch", "transformers>=5", "tokenizers"],
     },
     entry_points={"console_scripts": ["minigpt=minigpt.cli:main"]},
 )
