@@ -271,6 +271,17 @@ def test_gpt2_layout_ids_come_from_vocab_json(tmp_path):
     assert tok.decode([258, 259, 0]) == f" the{EOT}!"
 
 
+def test_bpe_repeated_merge_takes_its_last_rank(tmp_path):
+    """merges "a b", "b c", "a b": like GPT-2's encoder.py (a dict of merge -> rank), the repeat's rank 2 counts,
+    so in "abc" the pair (b, c) (rank 1) merges first."""
+    vocab = {s: i for i, s in enumerate(sorted(bytes_to_unicode().values()))}
+    vocab.update({"ab": 256, "bc": 257})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nb c\na b\n", encoding="utf-8")
+    tok = BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    assert tok.encode("abc") == [vocab["a"], 257] and tok.encode("ab") == [256]
+
+
 def test_bpe_refuses_tokenizer_json_it_would_not_reproduce(saved, tmp_path):
     spec = json.loads((Path(saved) / "tokenizer.json").read_text(encoding="utf-8"))
     spec["pre_tokenizer"]["add_prefix_space"] = True
@@ -318,6 +329,17 @@ def test_bpe_matches_hf_bytelevel_bpe(bpe, saved, hf_tokenizers):
         assert from_gpt2_files.encode(text).ids == ids, text
         assert from_json.encode(text).ids == ids, text
         assert from_json.decode(ids, skip_special_tokens=False) == text
+
+
+def test_bpe_repeated_merge_matches_hf(hf_tokenizers, tmp_path):
+    vocab = {s: i for i, s in enumerate(sorted(bytes_to_unicode().values()))}
+    vocab.update({"ab": 256, "bc": 257, "abc": 258})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nb c\na bc\na b\n", encoding="utf-8")
+    hf = hf_tokenizers.ByteLevelBPETokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    tok = BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    for text in ["abc", "ab bc abcabc", "aabbcc", "cab"]:
+        assert tok.encode(text) == hf.encode(text).ids, text
 
 
 def test_bpe_matches_hf_on_gpt2_hub_style_file(bpe, saved, hf_tokenizers, tmp_path):

@@ -138,6 +138,31 @@ def learn_merges(word_counts, n_tokens):
     return vocab, merges
 
 
+def _ordinary_token_ids(vocab, special_ids):
+    """{bytes: id} of every token that is not special; each token once, all 256 single bytes present."""
+    token_id = {}
+    for i, t in vocab.items():
+        if i not in special_ids:
+            if t in token_id:
+                raise ValueError(f"vocab ids {token_id[t]} and {i} are both the token {t!r}")
+            token_id[t] = i
+    missing = [b for b in range(256) if bytes([b]) not in token_id]
+    if missing:
+        raise ValueError(f"a byte-level vocab needs all 256 single bytes; missing byte(s) {missing[:8]}")
+    return token_id
+
+
+def _merge_ranks(merges, token_id):
+    """{(id_a, id_b): (rank, id of the merged token)}. A merge listed twice takes its LAST rank, as in
+    GPT-2's encoder.py (dict(zip(merges, range(len(merges))))) and Hugging Face's BPE."""
+    ranks = {}
+    for rank, (a, b) in enumerate(merges):
+        if a not in token_id or b not in token_id or a + b not in token_id:
+            raise ValueError(f"merge {rank} ({a!r}, {b!r}): both parts and their concatenation must be tokens")
+        ranks[token_id[a], token_id[b]] = (rank, token_id[a + b])
+    return ranks
+
+
 class BPETokenizer(Tokenizer):
     """A byte-level BPE tokenizer: vocab {id: bytes}, merges [(bytes, bytes)] in rank order, special tokens {str: id}.
 
@@ -156,22 +181,9 @@ class BPETokenizer(Tokenizer):
             if self.vocab.get(i) != s.encode("utf-8"):
                 raise ValueError(f"special token {s!r} has id {i}, but vocab[{i}] is {self.vocab.get(i)!r}")
 
-        special_ids = set(self.special_tokens.values())
-        token_id = {}                                   # bytes -> id, ordinary (non-special) tokens only
-        for i, t in self.vocab.items():
-            if i not in special_ids:
-                if t in token_id:
-                    raise ValueError(f"vocab ids {token_id[t]} and {i} are both the token {t!r}")
-                token_id[t] = i
-        missing = [b for b in range(256) if bytes([b]) not in token_id]
-        if missing:
-            raise ValueError(f"a byte-level vocab needs all 256 single bytes; missing byte(s) {missing[:8]}")
+        token_id = _ordinary_token_ids(self.vocab, set(self.special_tokens.values()))
         self._byte_ids = [token_id[bytes([b])] for b in range(256)]
-        self._ranks = {}                                # (id_a, id_b) -> (rank, id of the merged token)
-        for rank, (a, b) in enumerate(self.merges):
-            if a not in token_id or b not in token_id or a + b not in token_id:
-                raise ValueError(f"merge {rank} ({a!r}, {b!r}): both parts and their concatenation must be tokens")
-            self._ranks.setdefault((token_id[a], token_id[b]), (rank, token_id[a + b]))
+        self._ranks = _merge_ranks(self.merges, token_id)
         self._id_bytes = [self.vocab[i] for i in range(len(self.vocab))]
         self._pattern = regex.compile(GPT2_PATTERN)
         self._splitter = special_splitter(list(self.special_tokens))
