@@ -102,10 +102,10 @@ class GLMBatch:
 # ---------------------------------------------------------------------------------------- choosing spans
 
 def poisson_length_pmf(lam=3.0, max_len=39):
-    """p(L = l) for l = 1..max_len: Poisson(lam) restricted to 1..max_len and renormalized. (max_len,)"""
+    """p(L = k) for k = 1..max_len: Poisson(lam) restricted to 1..max_len and renormalized. (max_len,)"""
     if lam <= 0 or max_len < 1:
         raise ValueError(f"poisson_lambda={lam}, max_span={max_len}: expected lam > 0 and max_span >= 1")
-    logp = [l * math.log(lam) - lam - math.lgamma(l + 1) for l in range(1, max_len + 1)]
+    logp = [k * math.log(lam) - lam - math.lgamma(k + 1) for k in range(1, max_len + 1)]   # log(lam^k e^-lam / k!)
     p = np.exp(np.array(logp) - max(logp))                                # (max_len,)
     return p / p.sum()
 
@@ -134,7 +134,7 @@ def sample_spans(n_tokens, rng, mask_ratio=0.15, poisson_lambda=3.0, max_span=39
     slack = n_tokens - int(lengths.sum()) - (m - 1)
     places = np.sort(rng.integers(0, slack + 1, size=m))                     # (m,) spare tokens before each
     starts = places + np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])    # (m,)
-    return [(int(s), int(s + l)) for s, l in zip(starts, lengths)]
+    return [(int(s), int(s + n)) for s, n in zip(starts, lengths)]
 
 
 def _fit_last_length(lengths, n_tokens, target, pmf, rng):

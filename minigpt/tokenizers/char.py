@@ -73,7 +73,7 @@ class CharTokenizer(Tokenizer):
             if is_special:
                 ids.append(self.special_tokens[piece])
                 continue
-            for k, c in enumerate(piece):
+            for c in piece:
                 i = self._char_id.get(c, self._unk_id)
                 if i is None:
                     raise ValueError(f"character {c!r} (U+{ord(c):04X}) is not in this tokenizer's alphabet "
