@@ -227,6 +227,24 @@ def test_bpe_encode_iterable_lines_and_laziness(bpe, corpus):
     assert first == bpe.encode("first line of text")[:3]
 
 
+def test_bpe_encode_iterable_holds_little_text(bpe, corpus):
+    # bounded memory: at every yielded id, the text read but not yet yielded is about one line, never the stream
+    lines = corpus.splitlines(keepends=True)
+    read = [0]                                          # bytes of text taken from the stream so far
+
+    def stream():
+        for line in lines:
+            read[0] += len(line.encode("utf-8"))
+            yield line
+
+    yielded, most_held = 0, 0
+    for i in bpe.encode_iterable(stream()):
+        yielded += len(bpe.decode_bytes([i]))
+        most_held = max(most_held, read[0] - yielded)
+    longest_line = max(len(line.encode("utf-8")) for line in lines)
+    assert yielded == len(corpus.encode("utf-8")) and most_held <= 2 * longest_line
+
+
 def test_bpe_cache_is_bounded(corpus):
     trained = BPETokenizer.train(corpus[:20000], 300)
     tok = BPETokenizer(trained.vocab, trained.merges, cache_size=50)
