@@ -66,3 +66,11 @@ def test_linear_shape_mismatch_is_error():
 def test_linear_bias_shape_is_error():
     with pytest.raises(ValueError, match=re.escape("b has shape (5,)") + ".*" + re.escape("(6,)")):
         linear_forward(np.zeros((2, 4)), np.zeros((4, 6)), np.zeros(5))
+
+
+def test_linear_mixed_dtypes_is_error():
+    x, w = np.zeros((2, 3), dtype=np.float32), np.zeros((3, 4), dtype=np.float64)
+    with pytest.raises(ValueError, match="float32, float64, None"):
+        linear_forward(x, w)
+    with pytest.raises(ValueError, match="float64, float64, float32"):
+        linear_forward(x.astype(np.float64), w, np.zeros(4, dtype=np.float32))

@@ -103,3 +103,11 @@ def test_layernorm_bias_shape_is_error():
 def test_rmsnorm_weight_shape_is_error():
     with pytest.raises(ValueError, match=re.escape("w has shape (13,), expected (12,)")):
         rmsnorm_forward(np.zeros((2, 3, C)), np.ones(13))
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_norm_mixed_dtypes_is_error(norm):
+    x = np.zeros((2, 3, 12), dtype=np.float32)
+    w, b = np.ones(12), np.zeros(12, dtype=np.float32)
+    with pytest.raises(ValueError, match="w has dtype float64 but x has dtype float32"):
+        layernorm_forward(x, w, b) if norm == "layernorm" else rmsnorm_forward(x, w)

@@ -28,6 +28,9 @@ def linear_forward(x, w, b=None):
                          f"expected x (..., Cin) and w (Cin, Cout) with the same Cin")
     if b is not None and b.shape != (w.shape[1],):
         raise ValueError(f"linear: b has shape {b.shape}, expected ({w.shape[1]},) for w of shape {w.shape}")
+    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+        raise ValueError(f"linear: x, w, b must share one dtype (a mix would silently upcast), got "
+                         f"{x.dtype}, {w.dtype}, {None if b is None else b.dtype}")
     out = x @ w                                      # (..., Cout)
     if b is not None:
         out = out + b                                # (..., Cout) b broadcasts over the leading dims

@@ -34,6 +34,9 @@ from minigpt.backend import get_xp
 def _check_param(name, p, x):
     if p.shape != (x.shape[-1],):
         raise ValueError(f"{name} has shape {p.shape}, expected ({x.shape[-1]},) for x of shape {x.shape}")
+    if p.dtype != x.dtype:
+        raise ValueError(f"{name} has dtype {p.dtype} but x has dtype {x.dtype}: they must match "
+                         f"(a mix would silently upcast)")
 
 
 def layernorm_forward(x, w, b, eps=1e-5):
