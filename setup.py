@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x"],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "jupytext>=1.14"],  # jupytext: lessons parse as notebooks
         "parity": ["torch", "transformers>=5", "tokenizers"],
     },
     entry_points={"console_scripts": ["minigpt=minigpt.cli:main"]},

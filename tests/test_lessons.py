@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext  # the test extra installs it
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,6 @@ def test_lesson_is_a_jupytext_percent_script(path):
     """Opens as a notebook: percent format, a markdown title with the right number, markdown and code cells,
     Summary / Exercises (2 to 4) / Check sections, a FAST switch, and a last code cell that asserts and prints
     the OK line."""
-    jupytext = pytest.importorskip("jupytext")
     number = lesson_number(path)
     text = path.read_text(encoding="utf-8")
     notebook = jupytext.reads(text, fmt="py:percent")
