@@ -35,7 +35,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import num_params, param_shapes
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.attention import attention_backward, attention_forward, merge_heads, split_heads
 from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
@@ -218,19 +218,12 @@ print(f"loss {loss:.4f} (log V = {np.log(cfg.vocab_size):.4f}) | {len(ours)} gra
 #    difference ~1e-11 of noise, and their relative error is meaningless. For such a tensor we compare absolutely.
 
 # %%
-def roughen(model, seed=1, std=0.2):
-    """Move every parameter off its initialisation so no gradient path is trivially small."""
-    noise = np.random.default_rng(seed)
-    for value in model.params.values():
-        value += std * noise.standard_normal(value.shape)
-
-
 # `minigpt.gradcheck.check_model_gradients` is lesson 01's `numerical_gradient` loop run over the loss of the
 # whole model: for each parameter tensor it samples `entries` entries (half anywhere, half where the analytic
 # gradient is nonzero), perturbs each by +-h, reruns forward + cross-entropy, and returns {key: rel_error}
 # (the absolute error for a tensor whose true gradient is 0, trap 2).
 ENTRIES = 4 if FAST else 12
-roughen(model)
+move_off_init(model)
 errors = check_model_gradients(model, ids, targets, ENTRIES)
 for key, err in errors.items():
     if key.startswith(("wte", "wpe", "blocks.0.")):
@@ -274,7 +267,7 @@ for i in range(cfg.n_layer):
 sin_diff = float(np.abs(x_sin @ sin_model.params["wte"].T - sin_model.forward(ids)).max())   # (B, T, V) compared
 print("sinusoidal model: max |ours - minigpt.Model| =", sin_diff)
 
-roughen(sin_model)
+move_off_init(sin_model)
 sin_errors = check_model_gradients(sin_model, ids, targets, ENTRIES)
 print(f"sinusoidal model: {len(sin_errors)} tensors checked, worst error {max(sin_errors.values()):.1e}")
 
@@ -326,7 +319,7 @@ print(f"formula (V + T_max) C + L (12 C^2 + 13 C) = {formula:,}")
 # - $N = (V + T_{\max})C + L(12C^2 + 13C)$: 116.5M for GPT-1.
 #
 # ## Exercises
-# 1. Remove the `roughen(model)` line and rerun the gradient check. Which tensors fail, and by how much? Explain the
+# 1. Remove the `move_off_init(model)` line and rerun the gradient check. Which tensors fail, and by how much? Explain the
 #    numbers with the rounding argument above.
 # 2. Set `tie_embeddings=False`: which new key appears, how many parameters does full-size GPT-1 gain, and which of
 #    the two terms of $\partial\mathcal{L}/\partial W_e$ is left?

@@ -38,7 +38,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.data import load_corpus
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.attention import attention_forward, merge_heads, split_heads
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
@@ -338,8 +338,7 @@ for depth in depths:
 check_cfg = ModelConfig.preset("gpt2", n_layer=2, d_model=32, max_seq_len=8, vocab_size=50)
 check_model = Model(check_cfg, seed=0, dtype="float64")
 noise = np.random.default_rng(1)
-for value in check_model.params.values():
-    value += 0.2 * noise.standard_normal(value.shape)                    # off the initialisation
+move_off_init(check_model, noise)                                        # off the initialisation
 c_ids, c_targets = noise.integers(0, 50, (2, 8)), noise.integers(0, 50, (2, 8))   # (2, 8) each
 errors = check_model_gradients(check_model, c_ids, c_targets, entries=4 if FAST else 10)
 print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(errors, key=errors.get)})")

@@ -35,7 +35,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import flops_per_token, num_params
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.norms import layernorm_forward
 from minigpt.layers.positions import learned_position_forward
@@ -331,8 +331,7 @@ print(f"token 3 changed -> alternating model: outputs {moved_alternating.min()}.
 check_model = Model(ModelConfig.preset("gpt3", n_layer=2, d_model=32, max_seq_len=8, vocab_size=50, attn_window=4),
                     seed=0, dtype="float64")
 noise = np.random.default_rng(1)
-for value in check_model.params.values():
-    value += 0.2 * noise.standard_normal(value.shape)                    # off the initialisation
+move_off_init(check_model, noise)                                        # off the initialisation
 c_ids, c_targets = noise.integers(0, 50, (2, 8)), noise.integers(0, 50, (2, 8))   # (2, 8) each
 errors = check_model_gradients(check_model, c_ids, c_targets, entries=4 if FAST else 10)
 print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(errors, key=errors.get)})")

@@ -36,7 +36,7 @@ import numpy as np
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import num_params, param_shapes
 from minigpt.data import BatchSampler, load_corpus, split_tokens
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.tokenizers import CharTokenizer
 from minigpt.viz import plot_curves
 
@@ -209,8 +209,7 @@ def llama_forward(p, cfg, ids):
 tiny = ModelConfig.preset("llama", n_layer=2, d_model=32, n_head=4, vocab_size=50, max_seq_len=8)
 tiny_model = Model(tiny, seed=0, dtype="float64")
 rng = np.random.default_rng(0)
-for value in tiny_model.params.values():                                        # move off the init (unit gains)
-    value += 0.2 * rng.standard_normal(value.shape)
+move_off_init(tiny_model, rng)                                                  # off the init (unit gains)
 ids = rng.integers(0, 50, (2, 8))                                                # (B, T)
 targets = rng.integers(0, 50, (2, 8))                                            # (B, T)
 logits_scratch = llama_forward(tiny_model.params, tiny, ids)                     # (B, T, V)

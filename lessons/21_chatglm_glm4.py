@@ -33,7 +33,7 @@ import numpy as np
 
 from minigpt import Model, ModelConfig
 from minigpt.config import num_params, param_shapes
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.masks import prefix_mask
 from minigpt.viz import plot_gqa_groups, plot_mask
 
@@ -255,8 +255,7 @@ tiny = {"chatglm": ModelConfig.preset("chatglm", **TINY), "glm4": ModelConfig.pr
 models = {name: Model(cfg, seed=0, dtype="float64") for name, cfg in tiny.items()}
 rng = np.random.default_rng(0)
 for model in models.values():                                                    # off the init: unit gains, zero biases
-    for value in model.params.values():
-        value += 0.2 * rng.standard_normal(value.shape)
+    move_off_init(model, rng)
 chatglm_kwargs = dict(position_ids=pos, block_position_ids=block_pos, prefix_len=sep)
 
 parity = {

@@ -108,6 +108,15 @@ def check_gradients(forward, backward, args, names=None, wrt=None, h=1e-6,
     return errors
 
 
+def move_off_init(model, rng=1, std=0.2):
+    """Add N(0, std) noise to every parameter, in place, so no gradient path is trivially small.
+    At initialisation norm gains are 1, biases 0 and attention near uniform: q and k gradients are ~1e-8,
+    where a finite difference is mostly rounding. rng: a seed or a numpy Generator (drawn from in key order)."""
+    rng = np.random.default_rng(rng)
+    for value in model.params.values():
+        value += std * rng.standard_normal(value.shape)
+
+
 def check_model_gradients(model, ids, targets, entries=8, h=1e-5, seed=0, prepare=None, **forward_kwargs):
     """Check the loss gradient of every parameter tensor of a whole model against centered differences.
 

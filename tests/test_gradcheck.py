@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minigpt.gradcheck import check_gradients, check_model_gradients, numerical_gradient, rel_error
+from minigpt.gradcheck import check_gradients, check_model_gradients, move_off_init, numerical_gradient, rel_error
 
 
 def matmul_forward(x, w):
@@ -74,8 +74,7 @@ def tiny_model():
     cfg = ModelConfig.preset("gpt2", n_layer=1, d_model=16, n_head=2, max_seq_len=6, vocab_size=20)
     model = Model(cfg, seed=0, dtype="float64")
     rng = np.random.default_rng(1)
-    for value in model.params.values():
-        value += 0.2 * rng.standard_normal(value.shape)
+    move_off_init(model, rng)
     ids = rng.integers(0, 20, (2, 6))
     return model, ids, rng.integers(0, 20, (2, 6))
 

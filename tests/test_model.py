@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from minigpt.config import FAMILIES, ModelConfig, num_params, param_shapes
-from minigpt.gradcheck import check_model_gradients
+from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.loss import cross_entropy
 from minigpt.masks import causal_mask, prefix_mask
 from minigpt.model import Model
@@ -25,18 +25,11 @@ def forward_kwargs(cfg):
     return dict(prefix_len=np.array([3, 5])) if cfg.attention == "prefix" else {}
 
 
-def roughen(model, seed=1):
-    """Move every parameter off its init (unit norm scales, zero biases) so no gradient path is trivial."""
-    rng = np.random.default_rng(seed)
-    for value in model.params.values():
-        value += 0.2 * rng.standard_normal(value.shape)
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_model_gradients_every_parameter(name):
     cfg = tiny(name)
     model = Model(cfg, seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     ids, targets = batch()
     errors = check_model_gradients(model, ids, targets, **forward_kwargs(cfg))
     assert set(errors) == set(param_shapes(cfg))
@@ -50,7 +43,7 @@ def test_model_gradients_odd_shapes(name):
     """B=1, T=1 (one token: attention over itself alone) and B=3, T=7 (T past the GPT-3 band, not a power of 2)."""
     cfg = tiny(name)
     model = Model(cfg, seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     for shape in ((1, 1), (3, 7)):
         ids, targets = batch(seed=3, shape=shape)
         kwargs = dict(prefix_len=np.arange(shape[0]) * 3 % (shape[1] + 1)) if cfg.attention == "prefix" else {}
@@ -68,7 +61,7 @@ def test_model_gradients_odd_shapes(name):
 def test_model_gradients_other_switches(name, overrides):
     cfg = tiny(name, **overrides)
     model = Model(cfg, seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     ids, targets = batch(seed=2)
     errors = check_model_gradients(model, ids, targets, entries=4, **forward_kwargs(cfg))
     assert max(errors.values()) < 1e-6, errors
@@ -77,7 +70,7 @@ def test_model_gradients_other_switches(name, overrides):
 def test_model_gradients_with_dropout():
     cfg = tiny("gpt2", dropout=0.3)
     model = Model(cfg, seed=0, dtype="float64").train()
-    roughen(model)
+    move_off_init(model)
     ids, targets = batch()
 
     def same_masks():  # the same dropout masks in every forward, so finite differences are meaningful
@@ -90,7 +83,7 @@ def test_model_gradients_with_dropout():
 def test_model_gradients_with_explicit_positions():
     cfg = tiny("glm")
     model = Model(cfg, seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     ids, targets = batch()
     pos = np.array([[0, 1, 2, 3, 4, 2, 2, 2], [0, 1, 2, 3, 4, 5, 6, 7]])
     block = np.array([[0, 0, 0, 0, 0, 1, 2, 3], [0, 0, 0, 0, 0, 0, 0, 0]])
@@ -101,7 +94,7 @@ def test_model_gradients_with_explicit_positions():
 
 def test_model_tied_head_accumulates_both_paths():
     tied = Model(tiny("gpt2"), seed=0, dtype="float64")
-    roughen(tied)
+    move_off_init(tied)
     params = {k: v.copy() for k, v in tied.params.items()}
     params["lm_head"] = params["wte"].T.copy()
     untied = Model(tiny("gpt2", tie_embeddings=False), dtype="float64", params=params)
@@ -154,7 +147,7 @@ def test_model_float32_in_float32_out(name):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_model_causal_later_tokens_leave_earlier_outputs(name):
     model = Model(tiny(name), seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     ids, _ = batch()
     base = model.forward(ids)
     for t in (2, 5):
@@ -168,7 +161,7 @@ def test_model_causal_later_tokens_leave_earlier_outputs(name):
 @pytest.mark.parametrize("name", ["glm", "chatglm"])
 def test_model_prefix_sees_itself_not_what_follows(name):
     model = Model(tiny(name), seed=0, dtype="float64")
-    roughen(model)
+    move_off_init(model)
     ids, _ = batch()
     P = 4
     base = model.forward(ids, prefix_len=P)
