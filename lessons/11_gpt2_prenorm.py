@@ -160,7 +160,7 @@ def run_layers(model, ids, targets):
     model.zero_grad()
     x = embedding_forward(ids, p["wte"])[0] + learned_position_forward(pos, p["wpe"])[0]  # (B, T, C)
     xs, caches = [x], []
-    context = dict(pos=pos, block_pos=None, rope=None)                   # what block_forward reads besides x
+    context = model.block_context(*ids.shape)                           # positions (and RoPE angles) every block reads
     for i in range(cfg.n_layer):
         x, cache = model.block_forward(x, i, mask, context)              # (B, T, C)
         xs.append(x)

@@ -307,7 +307,7 @@ p, pos = model.params, np.broadcast_to(np.arange(T), (B, T))           # pos (B,
 x = embedding_forward(ids, p["wte"])[0] + learned_position_forward(pos, p["wpe"])[0]   # (B, T, C)
 layer_masks = [causal_mask(T) if i % 2 == 0 else banded_mask(T, g3.attn_window) for i in range(g3.n_layer)]
 for i, m in enumerate(layer_masks):
-    x, _ = model.block_forward(x, i, m, dict(pos=pos, block_pos=None, rope=None))       # (B, T, C)
+    x, _ = model.block_forward(x, i, m, model.block_context(B, T))                       # (B, T, C)
 x, _ = layernorm_forward(x, p["norm_f.w"], p["norm_f.b"], g3.norm_eps)                # (B, T, C)
 by_blocks_diff = float(np.abs(x @ p["wte"].T - logits).max())                          # (B, T, V) compared
 print("block by block with masks [causal, banded, causal, banded] vs Model.forward:", by_blocks_diff)

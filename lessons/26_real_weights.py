@@ -400,7 +400,7 @@ def how(keys, transposed):
 for family, model in loaded.items():
     config = model.config
     hf_shapes = {k: v.shape for k, v in hf.to_hf_state_dict(config, model.params).items()}
-    print(f"\n{family}: {hf.ARCHITECTURES[family]}  (H={config.n_head}, Hkv={config.n_kv_head}, "
+    print(f"\n{family}: {hf.FAMILIES[family].architecture}  (H={config.n_head}, Hkv={config.n_kv_head}, "
           f"tied head: {config.tie_embeddings})")
     print(f"  {'Hugging Face name':47s} {'HF shape':10s} {'minigpt key(s)':27s} {'minigpt shape':13s} how")
     for hf_name, keys, transposed in hf.name_table(config, family):

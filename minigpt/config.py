@@ -1,4 +1,4 @@
-"""ModelConfig: every switch in which GPT-1, GPT-2, GPT-3, LLaMA, GLM and ChatGLM differ, and their presets.
+"""ModelConfig: every switch in which GPT-1/2/3, LLaMA, GLM, ChatGLM, Mistral and Qwen3 differ, and their presets.
 
 A decoder-only model is one recipe with a handful of switches:
 
@@ -10,30 +10,40 @@ A decoder-only model is one recipe with a handful of switches:
     positions       "learned" (GPT-1/2/3) | "sinusoidal" (the 2017 Transformer) | "rope" (LLaMA, ChatGLM2, GLM-4)
                     | "glm2d" (GLM: two learned tables, position and block position) | "rope2d" (ChatGLM-6B: 2D RoPE)
     attention       "causal" | "prefix" (GLM's Part A sees itself bidirectionally)
-    attention_pattern "dense" | "alternating" (GPT-3: odd layers locally banded, window attn_window)
+    attention_pattern "dense" | "alternating" (GPT-3: odd layers locally banded, blocks of attn_window)
+                    | "sliding" (Mistral: every layer sees the last attn_window positions)
+    qk_norm         False | True (Qwen3: RMSNorm over the head dim of every query and key, before RoPE)
 
 and sizes: vocab_size V, n_layer L, d_model C, n_head H, n_kv_head Hkv (GQA / MQA), d_ff F, max_seq_len.
 
-`ModelConfig.preset(name, **overrides)` gives each family at a tiny size that trains on a laptop CPU
-("gpt1", "gpt2", "gpt3", "llama", "glm", "chatglm", "chatglm2", "glm4") and the published models at
-their real sizes for counting ("gpt2-xl", "gpt3-175b", "llama2-7b", "glm4-9b", ...; see PRESETS).
+The model, the Hugging Face converter and the lessons never compare these strings themselves: they
+ask the config a question (`config.position_tables`, `config.rotary`, `config.mlp_activation`,
+`config.local_attention(i)`, ...), so each switch is decided here, once.
 
-Counting never allocates a weight: `param_shapes(config)` lists every parameter's shape (the model
-allocates exactly these), `num_params(config)` adds them up, `flops_per_token(config)` estimates
-training compute.
+`ModelConfig.preset(name, **overrides)` gives each family at a tiny size that trains on a laptop CPU
+("gpt1", "gpt2", "gpt3", "llama", "glm", "chatglm", "chatglm2", "glm4", "mistral", "qwen3") and the
+published models at their real sizes for counting ("gpt2-xl", "gpt3-175b", "llama2-7b", "glm4-9b",
+"mistral-7b", "qwen3-8b", ...; see PRESETS).
+
+Counting never allocates a weight: `param_specs(config)` lists every parameter's shape and how it is
+initialised (the model allocates exactly these), `num_params(config)` adds them up,
+`flops_per_token(config)` estimates training compute.
 """
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post", "deepnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
-GATED_ACTIVATIONS = ("swiglu", "geglu")
 POSITIONS = ("learned", "sinusoidal", "rope", "glm2d", "rope2d")
 ROPE_PAIRINGS = ("half", "interleaved")
 ATTENTIONS = ("causal", "prefix")
-ATTENTION_PATTERNS = ("dense", "alternating")
+ATTENTION_PATTERNS = ("dense", "alternating", "sliding")
+GATE_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}   # a gated MLP's name -> the nonlinearity on its gate
+# Fields that shape training but not the function the weights compute (a checkpoint does not record them)
+TRAINING_FIELDS = ("dropout", "init_std", "scaled_residual_init")
 
 
 @dataclass
@@ -61,7 +71,9 @@ class ModelConfig:
     tie_embeddings: bool = True           # logits = h @ wte.T instead of a separate lm_head
     attention: str = "causal"
     attention_pattern: str = "dense"
-    attn_window: int = 16                 # GPT-3 banded layers: a query sees its own block of attn_window positions
+    attn_window: int = 16                 # local attention: GPT-3's banded layers see their own block of
+                                          # attn_window positions, Mistral's sliding window the last attn_window
+    qk_norm: bool = False                 # Qwen3: RMSNorm (weights q_norm.w, k_norm.w of size D) on q and k per head
     dropout: float = 0.0
     init_std: float = 0.02
     scaled_residual_init: bool = False    # GPT-2: residual projections (attn.wo, mlp.w_down) get std / sqrt(2L)
@@ -81,7 +93,7 @@ class ModelConfig:
                             ("attention", ATTENTIONS), ("attention_pattern", ATTENTION_PATTERNS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {known}")
-        for name in ("final_norm", "qkv_bias", "bias", "tie_embeddings", "scaled_residual_init"):
+        for name in ("final_norm", "qkv_bias", "bias", "tie_embeddings", "qk_norm", "scaled_residual_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected True or False")
         for name in ("norm_eps", "rope_theta", "init_std"):
@@ -104,7 +116,7 @@ class ModelConfig:
         if self.positions == "rope2d" and self.head_dim % 4:
             raise ValueError(f"head_dim={self.head_dim} with positions='rope2d': expected a multiple of 4 "
                              f"(two halves, each rotated in pairs)")
-        if self.activation in GATED_ACTIVATIONS and self.bias:
+        if self.gated and self.bias:
             raise ValueError(f"bias=True with activation={self.activation!r}: gated MLPs have no biases here "
                              f"(as in LLaMA, ChatGLM2, GLM-4); expected bias=False")
         if self.ffn_dim_multiplier is not None and not (_is_number(self.ffn_dim_multiplier)
@@ -117,7 +129,7 @@ class ModelConfig:
     def _default_d_ff(self):
         """4*C for a plain MLP. A gated MLP has three matrices instead of two, so LLaMA shrinks the hidden
         size to 2/3 of 4*C (same parameter count), scales it by ffn_dim_multiplier, and rounds up."""
-        if self.activation not in GATED_ACTIVATIONS:
+        if not self.gated:
             return 4 * self.d_model
         hidden = int(2 * 4 * self.d_model / 3)
         if self.ffn_dim_multiplier is not None:
@@ -134,15 +146,70 @@ class ModelConfig:
         """How many of a head's D channels RoPE rotates (positions='rope')."""
         return int(self.head_dim * self.rotary_fraction)
 
+    # --- the questions the model asks: each family switch decided once, here ---------------------
     @property
     def gated(self):
-        """True for SwiGLU / GeGLU (three MLP matrices: gate, up, down)."""
-        return self.activation in GATED_ACTIVATIONS
+        """True for SwiGLU / GeGLU (three MLP matrices: gate, up, down), False for the plain 2-layer MLP."""
+        return self.activation in GATE_ACTIVATIONS
+
+    @property
+    def mlp_activation(self):
+        """The nonlinearity of the MLP: on the hidden layer of a plain MLP, on the gate of a gated one
+        ("silu" for SwiGLU, "gelu" for GeGLU)."""
+        return GATE_ACTIVATIONS.get(self.activation, self.activation)
+
+    @property
+    def position_tables(self):
+        """The learned position tables added to the token embeddings: ("wpe",) for "learned",
+        ("wpe", "wbpe") for GLM's two ids, () for the rest. A table has max_seq_len rows, which limits T."""
+        return {"learned": ("wpe",), "glm2d": ("wpe", "wbpe")}.get(self.positions, ())
+
+    @property
+    def block_positions(self):
+        """True when tokens carry GLM's second position id, the block position ("glm2d", "rope2d")."""
+        return self.positions in ("glm2d", "rope2d")
+
+    @property
+    def rotary(self):
+        """How q and k are rotated: "rope" (one position id), "rope2d" (ChatGLM-6B: two), or None."""
+        return self.positions if self.positions in ("rope", "rope2d") else None
+
+    @property
+    def norm_has_bias(self):
+        """LayerNorm learns a shift b besides the scale w; RMSNorm only the scale."""
+        return self.norm == "layernorm"
+
+    @property
+    def residual_init_std(self):
+        """The init std of the residual projections (attn.wo, mlp.w_down): init_std / sqrt(2L) with
+        GPT-2's scaled_residual_init, so the residual stream's variance does not grow with depth."""
+        return self.init_std / math.sqrt(2 * self.n_layer) if self.scaled_residual_init else self.init_std
 
     @property
     def deepnorm_alpha(self):
         """ChatGLM-6B's residual scale alpha = sqrt(2 * n_layer) (norm_placement='deepnorm')."""
         return math.sqrt(2 * self.n_layer)
+
+    def local_attention(self, layer):
+        """Which local mask narrows layer `layer`'s attention: None (dense), "banded" (GPT-3's odd
+        layers: a block of attn_window positions) or "sliding" (Mistral: the last attn_window positions)."""
+        if self.attention_pattern == "sliding":
+            return "sliding"
+        if self.attention_pattern == "alternating" and layer % 2 == 1:
+            return "banded"
+        return None
+
+    def unused_fields(self):
+        """The fields this config never reads (rope_theta without RoPE, attn_window without local
+        attention, ...): two configs that differ only there build the same model."""
+        unused = set()
+        if self.rotary != "rope":
+            unused |= {"rotary_fraction", "rope_pairing"}
+        if self.rotary is None:
+            unused.add("rope_theta")
+        if self.attention_pattern == "dense":
+            unused.add("attn_window")
+        return unused
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -170,6 +237,10 @@ def _check_positive_int(name, value):
 # The tiny sizes share V=256 (bytes), L=4, C=64, H=4, T=64: a few seconds per hundred steps on a laptop.
 TINY = dict(vocab_size=256, n_layer=4, d_model=64, n_head=4, max_seq_len=64)
 
+# LLaMA (2023): pre-RMSNorm, rotate-half RoPE, SwiGLU, no biases, untied head, GQA (LLaMA-2-70B, LLaMA-3).
+LLAMA = dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu", positions="rope",
+             rope_pairing="half", qkv_bias=False, bias=False, tie_embeddings=False, n_kv_head=2, multiple_of=32)
+
 FAMILIES = {
     # GPT-1 (Radford et al. 2018): learned positions, post-norm blocks, no final norm, tied head.
     "gpt1": dict(norm="layernorm", norm_placement="post", final_norm=False, activation="gelu_tanh",
@@ -182,10 +253,7 @@ FAMILIES = {
     "gpt3": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
                  positions="learned", qkv_bias=True, bias=True, tie_embeddings=True, scaled_residual_init=True,
                  attention_pattern="alternating", attn_window=16),
-    # LLaMA (2023): pre-RMSNorm, rotate-half RoPE, SwiGLU, no biases, untied head, GQA (LLaMA-2-70B, LLaMA-3).
-    "llama": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu",
-                  positions="rope", rope_pairing="half", qkv_bias=False, bias=False, tie_embeddings=False,
-                  n_kv_head=2, multiple_of=32),
+    "llama": LLAMA,
     # GLM (Du et al. 2022): pre-LN + final LN, two learned position tables, Part A attends bidirectionally.
     "glm": dict(norm="layernorm", norm_placement="pre", final_norm=True, activation="gelu_tanh",
                 positions="glm2d", qkv_bias=True, bias=True, tie_embeddings=True, attention="prefix",
@@ -204,29 +272,31 @@ FAMILIES = {
     "glm4": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu",
                  positions="rope", rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True,
                  bias=False, tie_embeddings=False, n_kv_head=2, multiple_of=32),
+    # After the textbook. Mistral 7B (Jiang et al. 2023): LLaMA whose every layer sees only the last
+    # attn_window positions (a sliding window; stacked layers still reach further back).
+    "mistral": dict(LLAMA, attention_pattern="sliding", attn_window=16),
+    # Qwen3 (2025): LLaMA with QK-norm, an RMSNorm over each head's query and key before RoPE.
+    "qwen3": dict(LLAMA, qk_norm=True),
 }
 
 GPT2_SIZES = dict(vocab_size=50257, max_seq_len=1024)
 GPT3_SIZES = dict(vocab_size=50257, max_seq_len=2048, attn_window=256)  # the paper does not give the band width
 LLAMA_SIZES = dict(vocab_size=32000, n_layer=32, d_model=4096, n_head=32, n_kv_head=32, multiple_of=256)
 
+# (name, n_layer, d_model, n_head): GPT-2's four sizes; GPT-3's eight (the paper's Table 2.1, with two
+# misprints fixed: XL's 24 heads of 128 do not make d_model 2048, so 16 heads of 128; 13B's d_model is
+# printed as 5140, and 40 heads of 128 make 5120).
+GPT2_TABLE = [("gpt2-small", 12, 768, 12), ("gpt2-medium", 24, 1024, 16), ("gpt2-large", 36, 1280, 20),
+              ("gpt2-xl", 48, 1600, 25)]
+GPT3_TABLE = [("gpt3-small", 12, 768, 12), ("gpt3-medium", 24, 1024, 16), ("gpt3-large", 24, 1536, 16),
+              ("gpt3-xl", 24, 2048, 16), ("gpt3-2.7b", 32, 2560, 32), ("gpt3-6.7b", 32, 4096, 32),
+              ("gpt3-13b", 40, 5120, 40), ("gpt3-175b", 96, 12288, 96)]
+
 PUBLISHED = {
     # name: (family, sizes). Sources: each model's paper / config.json.
     "openai-gpt": ("gpt1", dict(vocab_size=40478, n_layer=12, d_model=768, n_head=12, max_seq_len=512)),
-    "gpt2-small": ("gpt2", dict(GPT2_SIZES, n_layer=12, d_model=768, n_head=12)),
-    "gpt2-medium": ("gpt2", dict(GPT2_SIZES, n_layer=24, d_model=1024, n_head=16)),
-    "gpt2-large": ("gpt2", dict(GPT2_SIZES, n_layer=36, d_model=1280, n_head=20)),
-    "gpt2-xl": ("gpt2", dict(GPT2_SIZES, n_layer=48, d_model=1600, n_head=25)),
-    # GPT-3 paper, Table 2.1. Two misprints there: XL's 24 heads of 128 do not make d_model 2048 (we use
-    # 16 heads of 128), and 13B's d_model is printed as 5140 (40 heads of 128 make 5120).
-    "gpt3-small": ("gpt3", dict(GPT3_SIZES, n_layer=12, d_model=768, n_head=12)),
-    "gpt3-medium": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=1024, n_head=16)),
-    "gpt3-large": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=1536, n_head=16)),
-    "gpt3-xl": ("gpt3", dict(GPT3_SIZES, n_layer=24, d_model=2048, n_head=16)),
-    "gpt3-2.7b": ("gpt3", dict(GPT3_SIZES, n_layer=32, d_model=2560, n_head=32)),
-    "gpt3-6.7b": ("gpt3", dict(GPT3_SIZES, n_layer=32, d_model=4096, n_head=32)),
-    "gpt3-13b": ("gpt3", dict(GPT3_SIZES, n_layer=40, d_model=5120, n_head=40)),
-    "gpt3-175b": ("gpt3", dict(GPT3_SIZES, n_layer=96, d_model=12288, n_head=96)),
+    **{name: ("gpt2", dict(GPT2_SIZES, n_layer=L, d_model=C, n_head=H)) for name, L, C, H in GPT2_TABLE},
+    **{name: ("gpt3", dict(GPT3_SIZES, n_layer=L, d_model=C, n_head=H)) for name, L, C, H in GPT3_TABLE},
     "llama-7b": ("llama", dict(LLAMA_SIZES, max_seq_len=2048, norm_eps=1e-6)),
     "llama2-7b": ("llama", dict(LLAMA_SIZES, max_seq_len=4096)),
     "llama2-70b": ("llama", dict(LLAMA_SIZES, n_layer=80, d_model=8192, n_head=64, n_kv_head=8, max_seq_len=4096,
@@ -240,53 +310,86 @@ PUBLISHED = {
     # as THUDM/glm-4-9b-chat: rope_ratio 500 -> theta 10000 * 500
     "glm4-9b": ("glm4", dict(vocab_size=151552, n_layer=40, d_model=4096, n_head=32, n_kv_head=2, d_ff=13696,
                              max_seq_len=131072, norm_eps=1.5625e-07, rope_theta=5e6)),
+    # as mistralai/Mistral-7B-v0.1's config.json: a 4096-position window
+    "mistral-7b": ("mistral", dict(vocab_size=32000, n_layer=32, d_model=4096, n_head=32, n_kv_head=8, d_ff=14336,
+                                   max_seq_len=32768, attn_window=4096, norm_eps=1e-5)),
+    # as Qwen/Qwen3-8B's config.json
+    "qwen3-8b": ("qwen3", dict(vocab_size=151936, n_layer=36, d_model=4096, n_head=32, n_kv_head=8, d_ff=12288,
+                               max_seq_len=40960, norm_eps=1e-6, rope_theta=1e6)),
 }
 
 PRESETS = {name: dict(TINY, **switches) for name, switches in FAMILIES.items()}
 PRESETS.update({name: dict(FAMILIES[family], **sizes) for name, (family, sizes) in PUBLISHED.items()})
 
 
-# --- counting ---------------------------------------------------------------------------------------
-def param_shapes(config):
-    """Every parameter's key and shape, in model order; Model allocates exactly these.
-    Weights are (in, out): y = x @ w."""
-    C, V, F = config.d_model, config.vocab_size, config.d_ff
-    HD, KD = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
-    shapes = {"wte": (V, C)}
-    if config.positions in ("learned", "glm2d"):
-        shapes["wpe"] = (config.max_seq_len, C)
-    if config.positions == "glm2d":
-        shapes["wbpe"] = (config.max_seq_len, C)
+# --- the parameters: shapes and initialisation -------------------------------------------------------
+INITS = ("normal", "residual", "zeros", "ones")
 
-    def norm(prefix):
-        shapes[prefix + ".w"] = (C,)
-        if config.norm == "layernorm":
-            shapes[prefix + ".b"] = (C,)
+
+class ParamSpec(NamedTuple):
+    """One parameter: its shape, and how Model initialises it. init is "normal" (N(0, init_std)),
+    "residual" (N(0, residual_init_std): the projections that write into the residual stream),
+    "zeros" (biases, LayerNorm shifts) or "ones" (norm scales)."""
+    shape: tuple
+    init: str
+
+
+def param_specs(config):
+    """Every parameter's key, shape and init, in model order; Model allocates exactly these.
+    Weights are (in, out): y = x @ w."""
+    C, V, F, D = config.d_model, config.vocab_size, config.d_ff, config.head_dim
+    HD, KD = config.n_head * D, config.n_kv_head * D
+    specs = {"wte": ParamSpec((V, C), "normal")}
+    for table in config.position_tables:
+        specs[table] = ParamSpec((config.max_seq_len, C), "normal")
+
+    def add(key, shape, init, present=True):
+        if present:
+            specs[key] = ParamSpec(shape, init)
+
+    def norm(prefix, width=C):
+        add(prefix + ".w", (width,), "ones")
+        add(prefix + ".b", (width,), "zeros", config.norm_has_bias)
 
     for i in range(config.n_layer):
         p = f"blocks.{i}."
         norm(p + "norm1")
         for name, width in (("q", HD), ("k", KD), ("v", KD)):
-            shapes[p + f"attn.w{name}"] = (C, width)
-            if config.qkv_bias:
-                shapes[p + f"attn.b{name}"] = (width,)
-        shapes[p + "attn.wo"] = (HD, C)
-        if config.bias:
-            shapes[p + "attn.bo"] = (C,)
+            add(p + f"attn.w{name}", (C, width), "normal")
+            add(p + f"attn.b{name}", (width,), "zeros", config.qkv_bias)
+        add(p + "attn.q_norm.w", (D,), "ones", config.qk_norm)
+        add(p + "attn.k_norm.w", (D,), "ones", config.qk_norm)
+        add(p + "attn.wo", (HD, C), "residual")
+        add(p + "attn.bo", (C,), "zeros", config.bias)
         norm(p + "norm2")
-        if config.gated:
-            shapes[p + "mlp.w_gate"] = (C, F)
-        shapes[p + "mlp.w_up"] = (C, F)
-        if config.bias:
-            shapes[p + "mlp.b_up"] = (F,)
-        shapes[p + "mlp.w_down"] = (F, C)
-        if config.bias:
-            shapes[p + "mlp.b_down"] = (C,)
+        add(p + "mlp.w_gate", (C, F), "normal", config.gated)
+        add(p + "mlp.w_up", (C, F), "normal")
+        add(p + "mlp.b_up", (F,), "zeros", config.bias)
+        add(p + "mlp.w_down", (F, C), "residual")
+        add(p + "mlp.b_down", (C,), "zeros", config.bias)
     if config.final_norm:
         norm("norm_f")
-    if not config.tie_embeddings:
-        shapes["lm_head"] = (C, V)
-    return shapes
+    add("lm_head", (C, V), "normal", not config.tie_embeddings)
+    return specs
+
+
+def param_shapes(config):
+    """Every parameter's key and shape, in model order (param_specs without the inits)."""
+    return {key: spec.shape for key, spec in param_specs(config).items()}
+
+
+def check_tensor_set(what, expected, tensors):
+    """The one check of a set of named tensors against the shapes it should have: a ValueError that
+    lists every missing key, every unexpected key and every shape mismatch together, or nothing.
+    what: how the message begins ("params do not fit the config"); expected: {key: shape}."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [f"{k} has {tuple(tensors[k].shape)}, expected {tuple(shape)}" for k, shape in expected.items()
+                  if k in tensors and tuple(tensors[k].shape) != tuple(shape)]
+    lines = [f"{title} ({len(keys)}): {', '.join(keys)}" for title, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+    if lines:
+        raise ValueError(f"{what}:\n  " + "\n  ".join(lines))
 
 
 EMBEDDING_KEYS = ("wte", "wpe", "wbpe", "lm_head")

@@ -5,7 +5,7 @@ weights in one or more .safetensors files (a big model is split into shards, lis
 model.safetensors.index.json). safetensors is a JSON header of names, dtypes, shapes and offsets,
 followed by the raw bytes: NumPy reads it directly.
 
-Four families map onto ModelConfig:
+Six families map onto ModelConfig, each described once, by a `Family` in FAMILIES:
 
     model_type    HF class               minigpt config
     gpt2          GPT2LMHeadModel        pre-LayerNorm, final LayerNorm, learned positions, tied head
@@ -13,10 +13,16 @@ Four families map onto ModelConfig:
     llama         LlamaForCausalLM       pre-RMSNorm, RoPE (rotate-half pairs), SwiGLU, GQA, no biases
     glm           GlmForCausalLM         GLM-4: LLaMA with q/k/v biases and RoPE on half of each head,
                                          interleaved pairs
+    mistral       MistralForCausalLM     LLaMA with a sliding-window mask on every layer
+    qwen3         Qwen3ForCausalLM       LLaMA with QK-norm (RMSNorm over the head dim of q and k)
+
+A Family holds the switches every model of it has, how to read and write the config.json fields that
+vary, and its tensor names. Which family a ModelConfig belongs to is found by a round trip through each
+family's config.json (write, read back, compare): there is no second, hand-kept table to disagree.
 
 Where the names differ, so do the layouts:
   - minigpt stores every weight as (in, out), y = x @ w. GPT-1 and GPT-2 use Conv1D, which stores
-    (in, out) too; LLaMA and GLM use nn.Linear, which stores (out, in): those are transposed.
+    (in, out) too; the LLaMA-style families use nn.Linear, which stores (out, in): those are transposed.
   - GPT-1/2 fuse the three projections into one c_attn (C, 3C) = [wq | wk | wv] along the output axis.
   - GLM fuses the SwiGLU input projections into gate_up_proj (2F, C) = [w_gate | w_up] (output axis first).
   - A tied head is the embedding: HF saves no lm_head.weight then (or an equal copy).
@@ -26,24 +32,22 @@ splits by it, `to_hf_state_dict` joins by it, so the two can never disagree.
 
 Dimension letters: C channels (d_model), H heads, Hkv kv heads, D head dim, F mlp hidden, V vocab.
 """
+import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from minigpt.backend import resolve_dtype, to_numpy
-from minigpt.config import ModelConfig, param_shapes
+from minigpt.config import TRAINING_FIELDS, ModelConfig, check_tensor_set, param_shapes
 from minigpt.model import Model
-
-MODEL_TYPES = ("gpt2", "openai-gpt", "llama", "glm")
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel",
-                 "llama": "LlamaForCausalLM", "glm": "GlmForCausalLM"}
-PREFIX = {"gpt2": "transformer", "openai-gpt": "transformer", "llama": "model", "glm": "model"}
 
 # Activation names. transformers' ACT2FN: "gelu" is the exact erf GELU, "gelu_new" and
 # "gelu_pytorch_tanh" the tanh approximation. GPT-1 has its own table (modeling_openai.ACT_FNS)
@@ -56,47 +60,178 @@ _GATED_ACT = {"silu": "swiglu", "gelu": "geglu"}  # act(gate) * up; minigpt's Ge
 # inverse frequencies): not parameters, recomputed by every implementation, skipped on load.
 _BUFFERS = re.compile(r"(\.attn\.(bias|masked_bias)|\.rotary_emb\.inv_freq)$")
 
-# transformers' defaults for the config.json fields that a checkpoint may leave out.
-_HF_DEFAULTS = {
-    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
-                 activation_function="gelu_new", layer_norm_epsilon=1e-5, initializer_range=0.02,
-                 tie_word_embeddings=True, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-                 add_cross_attention=False),
-    "openai-gpt": dict(vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12, afn="gelu",
-                       layer_norm_epsilon=1e-5, initializer_range=0.02, tie_word_embeddings=True),
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
-                  max_position_embeddings=2048, initializer_range=0.02, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, attention_bias=False, mlp_bias=False, rope_theta=10000.0),
-    "glm": dict(vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
-                num_attention_heads=32, num_key_value_heads=2, head_dim=128, hidden_act="silu",
-                max_position_embeddings=131072, initializer_range=0.02, rms_norm_eps=1.5625e-07,
-                tie_word_embeddings=False, attention_bias=True, rope_theta=10000.0, partial_rotary_factor=0.5),
-}
+
+def _hf_name(table, ours):
+    """The first HF name that a table maps to our name; ours itself when none does (so a config the
+    family cannot express still writes, and reading it back names the problem)."""
+    return next((hf for hf, mine in table.items() if mine == ours), ours)
+
+
+# ---------------------------------------------------------------------------------------------
+# the families
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    """One Hugging Face architecture: all that hf.py needs to read it, write it and recognise it."""
+    model_type: str          # config.json "model_type"
+    architecture: str        # the transformers class that "architectures" names
+    style: str               # "gpt": Conv1D (in, out) weights, fused c_attn; "llama": nn.Linear (out, in)
+    defaults: dict           # transformers' values of the config.json fields a file may leave out
+    switches: dict           # the ModelConfig fields that every model of this family has
+    read: Callable           # (get, problems) -> the family's own ModelConfig fields; unsupported -> problems
+    write: Callable          # ModelConfig -> the family's own config.json fields
+    embeddings: tuple = ()   # GPT style: the names of the token and position tables
+    fused_gate_up: bool = False  # GLM: one gate_up_proj (2F, C) = [w_gate | w_up]
+
+    @property
+    def prefix(self):
+        """The base model's name in front of every tensor name."""
+        return "transformer" if self.style == "gpt" else "model"
+
+
+def _read_gpt2(get, problems):
+    if get("activation_function") not in _GPT2_ACT:
+        problems.append(f"activation_function={get('activation_function')!r} (supported: {', '.join(_GPT2_ACT)})")
+    if not get("scale_attn_weights"):
+        problems.append("scale_attn_weights=false (minigpt always scales scores by 1/sqrt(D))")
+    if get("scale_attn_by_inverse_layer_idx"):
+        problems.append("scale_attn_by_inverse_layer_idx=true")
+    if get("add_cross_attention"):
+        problems.append("add_cross_attention=true (a decoder-only model has no cross-attention)")
+    inner = get("n_inner")
+    return dict(activation=_GPT2_ACT.get(get("activation_function")),
+                d_ff=inner if inner is not None else 4 * get("n_embd"))
+
+
+def _read_gpt1(get, problems):
+    if get("afn") not in _GPT1_ACT:
+        problems.append(f"afn={get('afn')!r} (supported: {', '.join(_GPT1_ACT)})")
+    return dict(activation=_GPT1_ACT.get(get("afn")), d_ff=4 * get("n_embd"))   # OpenAIGPT's MLP is 4C wide
+
+
+def _read_llama(get, problems):
+    if get("attention_bias"):
+        problems.append("attention_bias=true (it adds an o_proj bias, and minigpt's SwiGLU models have "
+                        "no attention-output or MLP biases)")
+    if get("mlp_bias"):
+        problems.append("mlp_bias=true (minigpt's gated MLP has no biases)")
+    return {}  # LlamaRotaryEmbedding rotates the whole head whatever partial_rotary_factor says
+
+
+def _read_glm(get, problems):
+    # GLM's attention_bias adds q, k, v biases (its o_proj never has one)
+    return dict(qkv_bias=bool(get("attention_bias")), rotary_fraction=get("partial_rotary_factor"))
+
+
+def _read_mistral(get, problems):
+    window = get("sliding_window")
+    if window is None:
+        return dict(attention_pattern="dense")
+    return dict(attention_pattern="sliding", attn_window=window)
+
+
+def _read_qwen3(get, problems):
+    if get("attention_bias"):
+        problems.append("attention_bias=true (Qwen3's adds q, k, v and o_proj biases; minigpt's SwiGLU "
+                        "models have no attention-output bias)")
+    layer_types = get("layer_types") or []
+    if get("use_sliding_window") or "sliding_attention" in layer_types:
+        problems.append("use_sliding_window=true (Qwen3's sliding window covers only some layers; "
+                        "minigpt's 'sliding' pattern is every layer, as in Mistral)")
+    return {}
+
+
+GPT_SWITCHES = dict(norm="layernorm", positions="learned", qkv_bias=True, bias=True, attention="causal",
+                    attention_pattern="dense", dropout=0.0)
+LLAMA_SWITCHES = dict(norm="rmsnorm", norm_placement="pre", final_norm=True, positions="rope", bias=False,
+                      attention="causal", dropout=0.0, scaled_residual_init=False, qk_norm=False)
+ROTATE_HALF = dict(rope_pairing="half", rotary_fraction=1.0, qkv_bias=False)
+LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
+                      max_position_embeddings=2048, initializer_range=0.02, rms_norm_eps=1e-6,
+                      tie_word_embeddings=False, rope_theta=10000.0, partial_rotary_factor=1.0)
+
+FAMILIES = {family.model_type: family for family in (
+    Family("gpt2", "GPT2LMHeadModel", "gpt",
+           defaults=dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                         activation_function="gelu_new", layer_norm_epsilon=1e-5, initializer_range=0.02,
+                         tie_word_embeddings=True, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                         add_cross_attention=False),
+           switches=dict(GPT_SWITCHES, norm_placement="pre", final_norm=True, scaled_residual_init=True),
+           read=_read_gpt2,
+           write=lambda c: dict(n_inner=c.d_ff, activation_function=_hf_name(_GPT2_ACT, c.activation)),
+           embeddings=("wte", "wpe")),
+    Family("openai-gpt", "OpenAIGPTLMHeadModel", "gpt",
+           defaults=dict(vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12, afn="gelu",
+                         layer_norm_epsilon=1e-5, initializer_range=0.02, tie_word_embeddings=True),
+           switches=dict(GPT_SWITCHES, norm_placement="post", final_norm=False, scaled_residual_init=False),
+           read=_read_gpt1,
+           write=lambda c: dict(afn=_hf_name(_GPT1_ACT, c.activation)),
+           embeddings=("tokens_embed", "positions_embed")),
+    Family("llama", "LlamaForCausalLM", "llama",
+           defaults=dict(LLAMA_DEFAULTS, attention_bias=False, mlp_bias=False),
+           switches=dict(LLAMA_SWITCHES, **ROTATE_HALF, attention_pattern="dense"),
+           read=_read_llama,
+           write=lambda c: dict(attention_bias=False, mlp_bias=False)),
+    Family("glm", "GlmForCausalLM", "llama",
+           defaults=dict(LLAMA_DEFAULTS, vocab_size=151552, intermediate_size=13696, num_hidden_layers=40,
+                         num_key_value_heads=2, head_dim=128, max_position_embeddings=131072,
+                         rms_norm_eps=1.5625e-07, attention_bias=True, partial_rotary_factor=0.5),
+           switches=dict(LLAMA_SWITCHES, rope_pairing="interleaved", attention_pattern="dense"),
+           read=_read_glm,
+           write=lambda c: dict(attention_bias=c.qkv_bias, partial_rotary_factor=c.rotary_fraction),
+           fused_gate_up=True),
+    Family("mistral", "MistralForCausalLM", "llama",
+           defaults=dict(LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8,
+                         max_position_embeddings=4096 * 32, sliding_window=4096),
+           switches=dict(LLAMA_SWITCHES, **ROTATE_HALF),
+           read=_read_mistral,
+           write=lambda c: dict(sliding_window=c.attn_window if c.attention_pattern == "sliding" else None)),
+    Family("qwen3", "Qwen3ForCausalLM", "llama",
+           defaults=dict(LLAMA_DEFAULTS, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32,
+                         head_dim=128, max_position_embeddings=32768, attention_bias=False,
+                         use_sliding_window=False, layer_types=None),
+           switches=dict(LLAMA_SWITCHES, **ROTATE_HALF, attention_pattern="dense", qk_norm=True),
+           read=_read_qwen3,
+           write=lambda c: dict(attention_bias=False, use_sliding_window=False)),
+)}
+MODEL_TYPES = tuple(FAMILIES)
 
 
 # ---------------------------------------------------------------------------------------------
 # config.json <-> ModelConfig
 # ---------------------------------------------------------------------------------------------
 
-def _rope(hf, model_type, problems):
-    """(theta, partial_rotary_factor) from either config.json style; scaled RoPE goes into problems.
+def _rope(hf, defaults, problems):
+    """{rope_theta, partial_rotary_factor} from either config.json style; scaled RoPE goes into problems.
     transformers 5 writes rope_parameters = {rope_type, rope_theta, partial_rotary_factor?};
     older files have rope_theta / partial_rotary_factor at the top and rope_scaling (None or a dict)."""
-    defaults = _HF_DEFAULTS[model_type]
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         problems.append(f"rope_type={rope_type!r} (RoPE scaling; minigpt implements plain RoPE, 'default')")
-    theta = rope.get("rope_theta", hf.get("rope_theta", defaults["rope_theta"]))
-    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor",
-                                                       defaults.get("partial_rotary_factor", 1.0)))
-    return float(theta), float(partial)
+    return {name: float(rope.get(name, hf.get(name, defaults[name])))
+            for name in ("rope_theta", "partial_rotary_factor")}
 
 
-def _unsupported(model_type, problems):
-    if problems:
-        raise ValueError(f"{model_type} checkpoint uses features minigpt does not implement: " + "; ".join(problems))
+def _read_gpt_sizes(get, problems):
+    return dict(vocab_size=get("vocab_size"), n_layer=get("n_layer"), d_model=get("n_embd"), n_head=get("n_head"),
+                n_kv_head=get("n_head"), max_seq_len=get("n_positions"), norm_eps=float(get("layer_norm_epsilon")))
+
+
+def _read_llama_sizes(get, problems):
+    d_model, n_head = get("hidden_size"), get("num_attention_heads")
+    head_dim = get("head_dim") or d_model // n_head
+    if get("hidden_act") not in _GATED_ACT:
+        problems.append(f"hidden_act={get('hidden_act')!r} (supported: {', '.join(_GATED_ACT)})")
+    if n_head * head_dim != d_model:
+        problems.append(f"head_dim={head_dim} with num_attention_heads={n_head} and hidden_size={d_model}: "
+                        f"minigpt's head dim is hidden_size // num_attention_heads = {d_model // n_head}")
+    return dict(vocab_size=get("vocab_size"), n_layer=get("num_hidden_layers"), d_model=d_model, n_head=n_head,
+                n_kv_head=get("num_key_value_heads") or n_head, d_ff=get("intermediate_size"),
+                max_seq_len=get("max_position_embeddings"), norm_eps=float(get("rms_norm_eps")),
+                activation=_GATED_ACT.get(get("hidden_act")), rope_theta=get("rope_theta"))
 
 
 def config_from_hf(hf):
@@ -104,208 +239,146 @@ def config_from_hf(hf):
     listing them. Dropout is 0 (the model is for inference and comparison); set config.dropout to
     fine-tune with it."""
     model_type = hf.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if model_type not in FAMILIES:
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(MODEL_TYPES)}")
+    family = FAMILIES[model_type]
+    problems = []
+    known = {**family.defaults, **hf}
+    if family.style == "llama":
+        known.update(_rope(hf, family.defaults, problems))
 
     def get(name):  # a config.json field, or transformers' default when the file leaves it out
-        return hf.get(name, _HF_DEFAULTS[model_type][name])
+        return known[name]
 
-    problems = []
-    if model_type in ("gpt2", "openai-gpt"):
-        table = _GPT2_ACT if model_type == "gpt2" else _GPT1_ACT
-        act_field = "activation_function" if model_type == "gpt2" else "afn"
-        if get(act_field) not in table:
-            problems.append(f"{act_field}={get(act_field)!r} (supported: {', '.join(table)})")
-        if model_type == "gpt2":
-            if not get("scale_attn_weights"):
-                problems.append("scale_attn_weights=false (minigpt always scales scores by 1/sqrt(D))")
-            if get("scale_attn_by_inverse_layer_idx"):
-                problems.append("scale_attn_by_inverse_layer_idx=true")
-            if get("add_cross_attention"):
-                problems.append("add_cross_attention=true (a decoder-only model has no cross-attention)")
-        _unsupported(model_type, problems)
-        d_model = get("n_embd")
-        inner = get("n_inner") if model_type == "gpt2" else None
-        gpt1 = model_type == "openai-gpt"
-        return ModelConfig(
-            vocab_size=get("vocab_size"), n_layer=get("n_layer"), d_model=d_model, n_head=get("n_head"),
-            n_kv_head=get("n_head"), d_ff=inner if inner is not None else 4 * d_model,
-            max_seq_len=get("n_positions"), norm="layernorm", norm_eps=float(get("layer_norm_epsilon")),
-            norm_placement="post" if gpt1 else "pre", final_norm=not gpt1, activation=table[get(act_field)],
-            positions="learned", qkv_bias=True, bias=True, tie_embeddings=bool(get("tie_word_embeddings")),
-            attention="causal", attention_pattern="dense", dropout=0.0,
-            init_std=float(get("initializer_range")), scaled_residual_init=not gpt1)
-
-    # llama and glm
-    theta, partial = _rope(hf, model_type, problems)
-    d_model, n_head = get("hidden_size"), get("num_attention_heads")
-    n_kv_head = get("num_key_value_heads") or n_head
-    head_dim = get("head_dim") or d_model // n_head
-    if get("hidden_act") not in _GATED_ACT:
-        problems.append(f"hidden_act={get('hidden_act')!r} (supported: {', '.join(_GATED_ACT)})")
-    if n_head * head_dim != d_model:
-        problems.append(f"head_dim={head_dim} with num_attention_heads={n_head} and hidden_size={d_model}: "
-                        f"minigpt's head dim is hidden_size // num_attention_heads = {d_model // n_head}")
-    if model_type == "llama":
-        if get("attention_bias"):
-            problems.append("attention_bias=true (it adds an o_proj bias, and minigpt's SwiGLU models have "
-                            "no attention-output or MLP biases)")
-        if get("mlp_bias"):
-            problems.append("mlp_bias=true (minigpt's gated MLP has no biases)")
-        partial = 1.0  # LlamaRotaryEmbedding rotates the whole head whatever the config says
-    _unsupported(model_type, problems)
-    return ModelConfig(
-        vocab_size=get("vocab_size"), n_layer=get("num_hidden_layers"), d_model=d_model, n_head=n_head,
-        n_kv_head=n_kv_head, d_ff=get("intermediate_size"), max_seq_len=get("max_position_embeddings"),
-        norm="rmsnorm", norm_eps=float(get("rms_norm_eps")), norm_placement="pre", final_norm=True,
-        activation=_GATED_ACT[get("hidden_act")], positions="rope", rope_theta=theta, rotary_fraction=partial,
-        rope_pairing="half" if model_type == "llama" else "interleaved",
-        # GLM's attention_bias adds q, k, v biases (its o_proj never has one); LLaMA's must be false here
-        qkv_bias=bool(get("attention_bias")), bias=False,
-        tie_embeddings=bool(get("tie_word_embeddings")), attention="causal", attention_pattern="dense",
-        dropout=0.0, init_std=float(get("initializer_range")), scaled_residual_init=False)
+    read_sizes = _read_gpt_sizes if family.style == "gpt" else _read_llama_sizes
+    fields = dict(family.switches, **read_sizes(get, problems), **family.read(get, problems),
+                  tie_embeddings=bool(get("tie_word_embeddings")), init_std=float(get("initializer_range")))
+    if problems:
+        raise ValueError(f"{model_type} checkpoint uses features minigpt does not implement: " + "; ".join(problems))
+    return ModelConfig(**fields)
 
 
-def _family_requirements(config):
-    """For each HF family, the list of ways this config differs from it (empty = it maps)."""
+def _write(config, family):
+    """The config.json dict of config, written as this family (whether or not the family can express it)."""
     c = config
-    common = []
-    if c.attention != "causal":
-        common.append(f"attention={c.attention!r} (HF causal LMs are causal)")
-    if c.attention_pattern != "dense":
-        common.append(f"attention_pattern={c.attention_pattern!r} (HF models here are dense)")
-    gpt = list(common)
-    if c.norm != "layernorm":
-        gpt.append(f"norm={c.norm!r} (needs layernorm)")
-    if c.positions != "learned":
-        gpt.append(f"positions={c.positions!r} (needs learned)")
-    if c.n_kv_head != c.n_head:
-        gpt.append(f"n_kv_head={c.n_kv_head} (needs n_kv_head == n_head = {c.n_head})")
-    if not (c.qkv_bias and c.bias):
-        gpt.append(f"qkv_bias={c.qkv_bias}, bias={c.bias} (needs both True)")
-    gpt2, gpt1 = list(gpt), list(gpt)
-    if c.norm_placement != "pre" or not c.final_norm:
-        gpt2.append(f"norm_placement={c.norm_placement!r}, final_norm={c.final_norm} (needs 'pre', True)")
-    if c.activation not in _GPT2_ACT.values():
-        gpt2.append(f"activation={c.activation!r} (needs one of {sorted(set(_GPT2_ACT.values()))})")
-    if c.norm_placement != "post" or c.final_norm:
-        gpt1.append(f"norm_placement={c.norm_placement!r}, final_norm={c.final_norm} (needs 'post', False)")
-    if c.activation not in _GPT1_ACT.values():
-        gpt1.append(f"activation={c.activation!r} (needs one of {sorted(set(_GPT1_ACT.values()))})")
-    if c.d_ff != 4 * c.d_model:
-        gpt1.append(f"d_ff={c.d_ff} (OpenAIGPT's MLP is 4 * d_model = {4 * c.d_model})")
-    rot = list(common)
-    if c.norm != "rmsnorm" or c.norm_placement != "pre" or not c.final_norm:
-        rot.append(f"norm={c.norm!r}, norm_placement={c.norm_placement!r}, final_norm={c.final_norm} "
-                   f"(needs 'rmsnorm', 'pre', True)")
-    if c.positions != "rope":
-        rot.append(f"positions={c.positions!r} (needs rope)")
-    if c.activation not in _GATED_ACT.values():
-        rot.append(f"activation={c.activation!r} (needs one of {sorted(set(_GATED_ACT.values()))})")
-    llama, glm = list(rot), list(rot)
-    if c.rope_pairing != "half" or c.rotary_fraction != 1.0:
-        llama.append(f"rope_pairing={c.rope_pairing!r}, rotary_fraction={c.rotary_fraction} (needs 'half', 1.0)")
-    if c.qkv_bias:
-        llama.append("qkv_bias=True (LLaMA's attention_bias would also add an o_proj bias)")
-    if c.rope_pairing != "interleaved":
-        glm.append(f"rope_pairing={c.rope_pairing!r} (needs 'interleaved')")
-    return {"gpt2": gpt2, "openai-gpt": gpt1, "llama": llama, "glm": glm}
-
-
-def model_type_of(config):
-    """The HF model_type this config maps onto, or a ValueError saying, for each family, why not."""
-    reqs = _family_requirements(config)
-    for model_type in MODEL_TYPES:
-        if not reqs[model_type]:
-            return model_type
-    why = "\n".join(f"  {t}: " + "; ".join(r) for t, r in reqs.items())
-    raise ValueError(f"this config maps to no Hugging Face family minigpt can write:\n{why}")
-
-
-def config_to_hf(config):
-    """The config.json dict (transformers field names) for a config that maps to an HF family."""
-    c, model_type = config, model_type_of(config)
-    hf = {"model_type": model_type, "architectures": [ARCHITECTURES[model_type]], "vocab_size": c.vocab_size,
+    hf = {"model_type": family.model_type, "architectures": [family.architecture], "vocab_size": c.vocab_size,
           "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
           # minigpt knows no tokenizer: no special ids (the HF defaults may lie outside a small vocab)
           "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    if model_type in ("gpt2", "openai-gpt"):
+    if family.style == "gpt":
         # minigpt drops the embeddings and each sublayer's output (embd_pdrop, resid_pdrop), never the
         # attention probabilities (attn_pdrop)
         hf.update(n_layer=c.n_layer, n_embd=c.d_model, n_head=c.n_head, n_positions=c.max_seq_len,
                   layer_norm_epsilon=c.norm_eps, embd_pdrop=c.dropout, resid_pdrop=c.dropout, attn_pdrop=0.0)
-        if model_type == "gpt2":
-            act = {v: k for k, v in _GPT2_ACT.items() if k != "gelu_pytorch_tanh"}
-            hf.update(n_inner=c.d_ff, activation_function=act[c.activation])
-        else:
-            hf.update(afn={v: k for k, v in _GPT1_ACT.items()}[c.activation])
-        return hf
-    hf.update(hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
-              num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
-              hidden_act={v: k for k, v in _GATED_ACT.items()}[c.activation], max_position_embeddings=c.max_seq_len,
-              # LLaMA / GLM drop only attention probabilities, which minigpt never does (its embedding and
-              # residual dropout has no field in these configs)
-              rms_norm_eps=c.norm_eps, attention_bias=c.qkv_bias, attention_dropout=0.0,
-              rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
-    if model_type == "llama":
-        hf["mlp_bias"] = False
     else:
-        hf["rope_parameters"]["partial_rotary_factor"] = c.rotary_fraction
+        # LLaMA-style models drop only attention probabilities, which minigpt never does (its embedding
+        # and residual dropout has no field in these configs)
+        hf.update(hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
+                  num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
+                  hidden_act=_hf_name(_GATED_ACT, c.activation), max_position_embeddings=c.max_seq_len,
+                  rms_norm_eps=c.norm_eps, attention_dropout=0.0,
+                  rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    extra = family.write(c)
+    if "partial_rotary_factor" in extra:                      # transformers 5 keeps it in rope_parameters
+        hf["rope_parameters"]["partial_rotary_factor"] = extra.pop("partial_rotary_factor")
+    hf.update(extra)
     return hf
+
+
+def _differences(config, family):
+    """How config differs from what the family can express: config written as the family's config.json
+    and read back; every architecture field that changed on the way. [] when it maps."""
+    try:
+        back = config_from_hf(_write(config, family))
+    except ValueError as err:
+        return [str(err)]
+    skip = set(TRAINING_FIELDS) | config.unused_fields() | back.unused_fields()
+    return [f"{f.name}={getattr(config, f.name)!r} ({family.model_type} has {getattr(back, f.name)!r})"
+            for f in dataclasses.fields(ModelConfig)
+            if f.compare and f.name not in skip and getattr(config, f.name) != getattr(back, f.name)]
+
+
+def family_of(config):
+    """The Family this config maps onto, or a ValueError saying, for each family, what differs."""
+    why = {}
+    for model_type, family in FAMILIES.items():
+        why[model_type] = _differences(config, family)
+        if not why[model_type]:
+            return family
+    lines = "\n".join(f"  {model_type}: " + "; ".join(diff) for model_type, diff in why.items())
+    raise ValueError(f"this config maps to no Hugging Face family minigpt can write:\n{lines}")
+
+
+def model_type_of(config):
+    """The HF model_type this config maps onto, or a ValueError saying, for each family, why not."""
+    return family_of(config).model_type
+
+
+def config_to_hf(config):
+    """The config.json dict (transformers field names) for a config that maps to an HF family."""
+    return _write(config, family_of(config))
 
 
 # ---------------------------------------------------------------------------------------------
 # the name table
 # ---------------------------------------------------------------------------------------------
 
+def _gpt_names(config, family, add):
+    P, (wte, wpe) = family.prefix, family.embeddings
+    add(f"{P}.{wte}.weight", ["wte"])
+    add(f"{P}.{wpe}.weight", ["wpe"])
+    for i in range(config.n_layer):
+        h, b = f"{P}.h.{i}", f"blocks.{i}"
+        add(f"{h}.ln_1.weight", [f"{b}.norm1.w"])
+        add(f"{h}.ln_1.bias", [f"{b}.norm1.b"])
+        add(f"{h}.attn.c_attn.weight", [f"{b}.attn.wq", f"{b}.attn.wk", f"{b}.attn.wv"])  # (C, 3C)
+        add(f"{h}.attn.c_attn.bias", [f"{b}.attn.bq", f"{b}.attn.bk", f"{b}.attn.bv"])    # (3C,)
+        add(f"{h}.attn.c_proj.weight", [f"{b}.attn.wo"])
+        add(f"{h}.attn.c_proj.bias", [f"{b}.attn.bo"])
+        add(f"{h}.ln_2.weight", [f"{b}.norm2.w"])
+        add(f"{h}.ln_2.bias", [f"{b}.norm2.b"])
+        add(f"{h}.mlp.c_fc.weight", [f"{b}.mlp.w_up"])
+        add(f"{h}.mlp.c_fc.bias", [f"{b}.mlp.b_up"])
+        add(f"{h}.mlp.c_proj.weight", [f"{b}.mlp.w_down"])
+        add(f"{h}.mlp.c_proj.bias", [f"{b}.mlp.b_down"])
+    if config.final_norm:
+        add(f"{P}.ln_f.weight", ["norm_f.w"])
+        add(f"{P}.ln_f.bias", ["norm_f.b"])
+
+
+def _llama_names(config, family, add):
+    P = family.prefix
+    add(f"{P}.embed_tokens.weight", ["wte"])
+    for i in range(config.n_layer):
+        h, b = f"{P}.layers.{i}", f"blocks.{i}"
+        add(f"{h}.input_layernorm.weight", [f"{b}.norm1.w"])
+        for proj, x in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
+            add(f"{h}.self_attn.{proj}.weight", [f"{b}.attn.w{x}"], True)
+            if config.qkv_bias:
+                add(f"{h}.self_attn.{proj}.bias", [f"{b}.attn.b{x}"])
+        add(f"{h}.self_attn.o_proj.weight", [f"{b}.attn.wo"], True)
+        if config.qk_norm:
+            add(f"{h}.self_attn.q_norm.weight", [f"{b}.attn.q_norm.w"])
+            add(f"{h}.self_attn.k_norm.weight", [f"{b}.attn.k_norm.w"])
+        add(f"{h}.post_attention_layernorm.weight", [f"{b}.norm2.w"])
+        if family.fused_gate_up:
+            add(f"{h}.mlp.gate_up_proj.weight", [f"{b}.mlp.w_gate", f"{b}.mlp.w_up"], True)  # (2F, C)
+        else:
+            add(f"{h}.mlp.gate_proj.weight", [f"{b}.mlp.w_gate"], True)
+            add(f"{h}.mlp.up_proj.weight", [f"{b}.mlp.w_up"], True)
+        add(f"{h}.mlp.down_proj.weight", [f"{b}.mlp.w_down"], True)
+    add(f"{P}.norm.weight", ["norm_f.w"])
+
+
 def name_table(config, model_type):
     """[(hf_name, [our keys], transposed)] for every tensor of the HF checkpoint, in HF order.
     The HF tensor is concat(our tensors, axis=-1), transposed when `transposed` (nn.Linear)."""
-    P = PREFIX[model_type]
-    rows = []
+    family, rows = FAMILIES[model_type], []
 
     def add(hf_name, keys, transposed=False):
         rows.append((hf_name, keys, transposed))
 
-    if model_type in ("gpt2", "openai-gpt"):
-        wte, wpe = ("wte", "wpe") if model_type == "gpt2" else ("tokens_embed", "positions_embed")
-        add(f"{P}.{wte}.weight", ["wte"])
-        add(f"{P}.{wpe}.weight", ["wpe"])
-        for i in range(config.n_layer):
-            h, b = f"{P}.h.{i}", f"blocks.{i}"
-            add(f"{h}.ln_1.weight", [f"{b}.norm1.w"])
-            add(f"{h}.ln_1.bias", [f"{b}.norm1.b"])
-            add(f"{h}.attn.c_attn.weight", [f"{b}.attn.wq", f"{b}.attn.wk", f"{b}.attn.wv"])  # (C, 3C)
-            add(f"{h}.attn.c_attn.bias", [f"{b}.attn.bq", f"{b}.attn.bk", f"{b}.attn.bv"])    # (3C,)
-            add(f"{h}.attn.c_proj.weight", [f"{b}.attn.wo"])
-            add(f"{h}.attn.c_proj.bias", [f"{b}.attn.bo"])
-            add(f"{h}.ln_2.weight", [f"{b}.norm2.w"])
-            add(f"{h}.ln_2.bias", [f"{b}.norm2.b"])
-            add(f"{h}.mlp.c_fc.weight", [f"{b}.mlp.w_up"])
-            add(f"{h}.mlp.c_fc.bias", [f"{b}.mlp.b_up"])
-            add(f"{h}.mlp.c_proj.weight", [f"{b}.mlp.w_down"])
-            add(f"{h}.mlp.c_proj.bias", [f"{b}.mlp.b_down"])
-        if model_type == "gpt2":
-            add(f"{P}.ln_f.weight", ["norm_f.w"])
-            add(f"{P}.ln_f.bias", ["norm_f.b"])
-    else:
-        add(f"{P}.embed_tokens.weight", ["wte"])
-        for i in range(config.n_layer):
-            h, b = f"{P}.layers.{i}", f"blocks.{i}"
-            add(f"{h}.input_layernorm.weight", [f"{b}.norm1.w"])
-            for proj, x in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
-                add(f"{h}.self_attn.{proj}.weight", [f"{b}.attn.w{x}"], True)
-                if config.qkv_bias:
-                    add(f"{h}.self_attn.{proj}.bias", [f"{b}.attn.b{x}"])
-            add(f"{h}.self_attn.o_proj.weight", [f"{b}.attn.wo"], True)
-            add(f"{h}.post_attention_layernorm.weight", [f"{b}.norm2.w"])
-            if model_type == "llama":
-                add(f"{h}.mlp.gate_proj.weight", [f"{b}.mlp.w_gate"], True)
-                add(f"{h}.mlp.up_proj.weight", [f"{b}.mlp.w_up"], True)
-            else:
-                add(f"{h}.mlp.gate_up_proj.weight", [f"{b}.mlp.w_gate", f"{b}.mlp.w_up"], True)  # (2F, C)
-            add(f"{h}.mlp.down_proj.weight", [f"{b}.mlp.w_down"], True)
-        add(f"{P}.norm.weight", ["norm_f.w"])
+    (_gpt_names if family.style == "gpt" else _llama_names)(config, family, add)
     if not config.tie_embeddings:
         add("lm_head.weight", ["lm_head"], True)
     return rows
@@ -317,36 +390,15 @@ def _hf_shape(shapes, keys, transposed):
     return shape[::-1] if transposed else shape
 
 
-def _problems(what, missing, unexpected, mismatched):
-    """One ValueError listing every missing key, unexpected key and shape mismatch (None when none)."""
-    lines = []
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if mismatched:
-        lines.append(f"shape mismatches ({len(mismatched)}): " + ", ".join(
-            f"{k} has {tuple(got)}, expected {tuple(want)}" for k, got, want in mismatched))
-    return ValueError(f"{what}:\n  " + "\n  ".join(lines)) if lines else None
-
-
 def to_hf_state_dict(config, tensors):
     """Any dict keyed like model.params (parameters or gradients) -> {HF name: NumPy array} in HF layout.
     Fused tensors are concatenated, nn.Linear weights transposed. A tied head appears once, as the
     embedding (as in save_pretrained and in torch's named_parameters(), whose .grad holds both paths)."""
     model_type = model_type_of(config)
-    layout = name_table(config, model_type)
-    expected = param_shapes(config)
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    mismatched = [(k, tuple(tensors[k].shape), shape) for k, shape in expected.items()
-                  if k in tensors and tuple(tensors[k].shape) != shape]
-    error = _problems(f"to_hf_state_dict: the tensors do not match a {model_type} config",
-                      missing, unexpected, mismatched)
-    if error:
-        raise error
+    check_tensor_set(f"to_hf_state_dict: the tensors do not match a {model_type} config",
+                     param_shapes(config), tensors)
     out = {}
-    for hf_name, keys, transposed in layout:
+    for hf_name, keys, transposed in name_table(config, model_type):
         parts = [to_numpy(tensors[key]) for key in keys]
         t = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)  # fused: [q | k | v], [gate | up]
         out[hf_name] = np.ascontiguousarray(t.T if transposed else t)       # (out, in) for nn.Linear
@@ -354,8 +406,20 @@ def to_hf_state_dict(config, tensors):
 
 
 # ---------------------------------------------------------------------------------------------
-# reading safetensors
+# reading files: every error names the file
 # ---------------------------------------------------------------------------------------------
+
+def _read_json(path):
+    """The dict in a JSON file, or a ValueError naming the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read as JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, found a {type(value).__name__}")
+    return value
+
 
 def _read_bf16(path, names):
     """bfloat16 tensors (NumPy has no bfloat16): a bf16 number is the top 16 bits of a float32."""
@@ -373,14 +437,18 @@ def _read_bf16(path, names):
 
 
 def _read_file(path):
+    """{name: array} of one .safetensors file; a corrupt or truncated file is a ValueError naming it."""
     out, bf16 = {}, []
-    with safe_open(path, framework="numpy") as f:
-        for name in f.keys():
-            if f.get_slice(name).get_dtype() == "BF16":
-                bf16.append(name)
-            else:
-                out[name] = f.get_tensor(name)
-    out.update(_read_bf16(path, bf16))
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                if f.get_slice(name).get_dtype() == "BF16":
+                    bf16.append(name)
+                else:
+                    out[name] = f.get_tensor(name)
+        out.update(_read_bf16(path, bf16))
+    except Exception as err:  # safetensors' own error type, or ours from a truncated bfloat16 tensor
+        raise ValueError(f"{path}: not a readable .safetensors file, corrupt or truncated ({err})") from err
     return out
 
 
@@ -390,9 +458,14 @@ def _checkpoint_files(path):
     if os.path.exists(single):
         return [single]
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        return [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: expected a \"weight_map\" object of tensor name -> file name")
+        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+        gone = [file for file in files if not os.path.isfile(file)]
+        if gone:
+            raise ValueError(f"{index}: lists shard(s) that are not in the folder: {', '.join(gone)}")
+        return files
     files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
     if not files:
         raise ValueError(f"{path}: no .safetensors file (pytorch_model.bin checkpoints need torch to read; "
@@ -416,39 +489,47 @@ def read_tensors(path):
 # load and save
 # ---------------------------------------------------------------------------------------------
 
+def _read_config(path):
+    """config.json of a checkpoint folder: its ModelConfig and its Family."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such folder (expected a Hugging Face checkpoint folder with "
+                         f"config.json and *.safetensors)")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
+    hf = _read_json(config_path)
+    try:
+        config = config_from_hf(hf)
+    except (ValueError, TypeError) as err:  # TypeError: a field of the wrong type ("n_embd": "32")
+        raise ValueError(f"{config_path}: {err}") from err
+    return config, FAMILIES[hf["model_type"]]
+
+
+def _checkpoint_tensors(path, family, config):
+    """The checkpoint's tensors under their full HF names, old buffers dropped, a tied lm_head copy
+    checked and dropped."""
+    tensors = {k: v for k, v in read_tensors(path).items() if not _BUFFERS.search(k)}
+    prefix = family.prefix + "."
+    if not any(k.startswith(prefix) for k in tensors):  # a base-model checkpoint: "h.0...", "wte.weight"
+        tensors = {k if k == "lm_head.weight" else prefix + k: v for k, v in tensors.items()}
+    if config.tie_embeddings and "lm_head.weight" in tensors:  # some checkpoints store the tied copy
+        head, embedding = tensors.pop("lm_head.weight"), name_table(config, family.model_type)[0][0]
+        if embedding in tensors and not np.array_equal(head, tensors[embedding]):
+            raise ValueError(f"{path}: config.json ties the head to the embedding (tie_word_embeddings=true) "
+                             f"but lm_head.weight differs from {embedding}")
+    return tensors
+
+
 def load(path, dtype="float32", device=None):
     """A Model from a Hugging Face checkpoint folder (config.json + *.safetensors, one file or shards),
     cast to dtype, on device ("cpu", "cuda"; None: MINIGPT_DEVICE or the CPU)."""
     dtype = resolve_dtype(dtype)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
-    with open(config_path, encoding="utf-8") as f:
-        hf = json.load(f)
-    config = config_from_hf(hf)
-    model_type = hf["model_type"]
-    tensors = {k: v for k, v in read_tensors(path).items() if not _BUFFERS.search(k)}
-    prefix = PREFIX[model_type] + "."
-    if not any(k.startswith(prefix) for k in tensors):  # a base-model checkpoint: "h.0...", "wte.weight"
-        tensors = {k if k == "lm_head.weight" else prefix + k: v for k, v in tensors.items()}
-
-    layout, shapes = name_table(config, model_type), param_shapes(config)
-    expected = {hf_name: _hf_shape(shapes, keys, transposed) for hf_name, keys, transposed in layout}
-    extra_head = None
-    if config.tie_embeddings and "lm_head.weight" in tensors:  # some checkpoints store the tied copy
-        extra_head = tensors.pop("lm_head.weight")
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    mismatched = [(k, tuple(tensors[k].shape), shape) for k, shape in expected.items()
-                  if k in tensors and tuple(tensors[k].shape) != shape]
-    error = _problems(f"{path}: the weights do not match config.json ({model_type})", missing, unexpected, mismatched)
-    if error:
-        raise error
-    embedding = layout[0][0]
-    if extra_head is not None and not np.array_equal(extra_head, tensors[embedding]):
-        raise ValueError(f"{path}: config.json ties the head to the embedding (tie_word_embeddings=true) "
-                         f"but lm_head.weight differs from {embedding}")
-
+    path = os.fspath(path)
+    config, family = _read_config(path)
+    tensors = _checkpoint_tensors(path, family, config)
+    layout, shapes = name_table(config, family.model_type), param_shapes(config)
+    check_tensor_set(f"{path}: the weights do not match config.json ({family.model_type})",
+                     {hf_name: _hf_shape(shapes, keys, transposed) for hf_name, keys, transposed in layout}, tensors)
     params = {}
     for hf_name, keys, transposed in layout:
         t = tensors[hf_name]

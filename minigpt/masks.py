@@ -57,11 +57,11 @@ def prefix_mask(T, sep, xp=None):
     T = _check_T(T)
     sep_host = to_numpy(sep)                                                # checked on the host
     if not np.issubdtype(sep_host.dtype, np.integer) or sep_host.ndim > 1:
-        raise ValueError(f"sep={sep!r}: expected an int or a 1-D integer array (one per sample)")
+        raise ValueError(f"sep={sep!r}: expected an int or a 1-D integer array (one prefix length per sample)")
     bad = sep_host[(sep_host < 0) | (sep_host > T)]
     if bad.size:
-        raise ValueError(f"sep={bad.tolist()} out of range: each prefix length must be in [0, T={T}] "
-                         f"(0 = fully causal)")
+        raise ValueError(f"sep={bad.tolist()} out of range: each prefix length (a Model's prefix_len) must be "
+                         f"in [0, T={T}] (0 = fully causal)")
     i, j = _positions(T, xp)                                                # (T, 1), (1, T)
     sep = xp.asarray(sep_host)[..., None, None]                             # () -> (1, 1) or (B,) -> (B, 1, 1)
     return (j <= i) | (j < sep)                                             # (T, T) or (B, T, T)

@@ -1,4 +1,4 @@
-"""The decoder-only language model: GPT-1, GPT-2, GPT-3, LLaMA, GLM and ChatGLM from one recipe.
+"""The decoder-only language model: GPT-1/2/3, LLaMA, GLM, ChatGLM, Mistral and Qwen3 from one recipe.
 
 Dimensions: B batch, T time, C channels (d_model), V vocab, L layers, H query heads, Hkv key/value heads,
 D head dim, F MLP hidden size.
@@ -6,37 +6,82 @@ D head dim, F MLP hidden size.
     ids (B, T)
       -> x = wte[ids] (+ position vectors: learned, sinusoidal, or GLM's two tables)   (B, T, C)
       -> L blocks, each an attention sublayer and an MLP sublayer, wired by norm_placement:
-             "pre"       x = x + attn(LN1(x));        x = x + mlp(LN2(x))          GPT-2/3, LLaMA, GLM, ChatGLM2, GLM-4
-             "post"      x = LN1(x + attn(x));        x = LN2(x + mlp(x))          GPT-1
-             "deepnorm"  h = LN1(x); x = a*h + attn(h); h = LN2(x); x = a*h + mlp(h), a = sqrt(2L)   ChatGLM-6B
-                         (DeepNet's x = LN(a*x + f(x)) with the LN moved to the next block's input)
+             "pre"       h = LN(x); x = x   + f(h)      GPT-2/3, LLaMA, GLM, ChatGLM2, GLM-4, Mistral, Qwen3
+             "deepnorm"  h = LN(x); x = a*h + f(h)      ChatGLM-6B, a = sqrt(2L): the same, but the residual
+                                                        carries the normalized h, scaled (DeepNet's
+                                                        x = LN(a*x + f(x)) with the LN moved to the next input)
+             "post"      x = LN(x + f(x))               GPT-1
       -> final norm (all but GPT-1)
       -> logits = x @ wte.T (tied) or x @ lm_head                                      (B, T, V)
 
-The attention sublayer: q, k, v projections (B, T, C) -> (B, H|Hkv, T, D), RoPE on q and k for
-positions "rope" / "rope2d", masked softmax attention (kv heads shared by groups of query heads),
-merged heads, output projection. The mask is causal; GLM's prefix mask when prefix_len is given;
-GPT-3's odd layers are also locally banded; an explicit attn_mask replaces all of them.
+The attention sublayer: q, k, v projections (B, T, C) -> (B, H|Hkv, T, D), QK-norm for Qwen3, RoPE on
+q and k for positions "rope" / "rope2d", masked softmax attention (kv heads shared by groups of query
+heads), merged heads, output projection. The mask is causal; GLM's prefix mask when prefix_len is given;
+narrowed on some layers by a local window (GPT-3's odd layers: banded; Mistral: a sliding window);
+an explicit attn_mask replaces all of them.
 
-Every step keeps its layer's cache; backward walks them in reverse and ACCUMULATES into model.grads
-(a tied wte gets both its embedding and its output-head gradient).
+Every step keeps its layer's cache, collected in the named caches below; backward walks them in reverse
+and ACCUMULATES into model.grads (a tied wte gets both its embedding and its output-head gradient).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from minigpt.backend import is_integer_array, resolve_device, resolve_dtype, to_device, to_numpy, xp_for
-from minigpt.config import ModelConfig, param_shapes
+from minigpt.config import ModelConfig, check_tensor_set, param_shapes, param_specs
 from minigpt.layers.attention import attention_backward, attention_forward, merge_heads, split_heads
 from minigpt.layers.dropout import dropout_backward, dropout_forward
 from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
 from minigpt.layers.mlp import gated_mlp_backward, gated_mlp_forward, mlp_backward, mlp_forward
-from minigpt.layers.norms import layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward
+from minigpt.layers.norms import (layernorm_backward, layernorm_forward, qk_norm_backward, qk_norm_forward,
+                                  rmsnorm_backward, rmsnorm_forward)
 from minigpt.layers.positions import (glm_position_backward, glm_position_forward, learned_position_backward,
                                       learned_position_forward, sinusoidal_encoding)
 from minigpt.layers.rope import rope2d_backward, rope2d_forward, rope_backward, rope_cos_sin, rope_forward
-from minigpt.masks import banded_mask, causal_mask, explicit_mask, prefix_mask
+from minigpt.masks import causal_mask, explicit_mask, make_mask, prefix_mask
 
-GATE_ACTIVATION = {"swiglu": "silu", "geglu": "gelu"}  # the activation on the gate of a gated MLP
+
+class BlockContext(NamedTuple):
+    """What every block reads besides x, made once per forward (Model.block_context)."""
+    pos: object          # (B, T) position ids
+    block_pos: object    # (B, T) GLM block position ids ("glm2d", "rope2d"), else None
+    rope: object         # (cos, sin) of the RoPE angles, each (B, 1, T, rotary_dim/2), for "rope"; else None
+
+
+class AttentionSublayerCache(NamedTuple):
+    """What the attention sublayer's backward needs, in the order of its forward."""
+    q_proj: tuple        # linear caches of the q, k, v projections
+    k_proj: tuple
+    v_proj: tuple
+    qk_norm: tuple       # the QK-norm cache (Qwen3), else None
+    q_rot: tuple         # the rotation caches of q and k (RoPE), else None
+    k_rot: tuple
+    attention: tuple     # the attention core's cache
+    out_proj: tuple      # the output projection's linear cache
+    dropout: tuple       # the dropout cache of the sublayer's output, None without dropout
+
+
+class MlpSublayerCache(NamedTuple):
+    mlp: tuple           # the (gated) MLP's cache
+    dropout: tuple       # the dropout cache of the sublayer's output, None without dropout
+
+
+class BlockCache(NamedTuple):
+    norm1: tuple         # the norm before (pre, deepnorm) or after (post) the attention sublayer
+    attn: AttentionSublayerCache
+    norm2: tuple         # the norm before / after the MLP sublayer
+    mlp: MlpSublayerCache
+
+
+class ForwardCache(NamedTuple):
+    logits_shape: tuple  # (B, T, V), to check dlogits against
+    embedding: tuple     # token embedding cache
+    positions: tuple     # position table cache ("learned", "glm2d"), else None
+    dropout: tuple       # embedding dropout cache, else None
+    blocks: list         # one BlockCache per layer
+    final_norm: tuple    # final norm cache, else None
+    head: tuple          # the output head's linear cache
 
 
 class Model:
@@ -62,36 +107,26 @@ class Model:
 
     # --- parameters ----------------------------------------------------------------------------
     def _init_params(self, seed):
-        """N(0, init_std) weights (residual projections std/sqrt(2L) with scaled_residual_init),
-        zero biases, unit norm scales. Drawn on the CPU in float64, so a seed gives the same model
-        on every device and dtype."""
+        """Each parameter as config.param_specs says: N(0, init_std) weights, N(0, residual_init_std)
+        residual projections, zero biases, unit norm scales. Drawn on the CPU in float64, in the table's
+        order, so a seed gives the same model on every device and dtype."""
         cfg = self.config
         rng = np.random.default_rng(seed)
         params = {}
-        for key, shape in param_shapes(cfg).items():
-            leaf = key.rsplit(".", 1)[-1]
-            if "norm" in key:
-                value = np.ones(shape) if leaf == "w" else np.zeros(shape)
-            elif leaf in ("bq", "bk", "bv", "bo", "b_up", "b_down"):
+        for key, (shape, init) in param_specs(cfg).items():
+            if init == "ones":
+                value = np.ones(shape)
+            elif init == "zeros":
                 value = np.zeros(shape)
             else:
-                std = cfg.init_std
-                if cfg.scaled_residual_init and leaf in ("wo", "w_down"):
-                    std = cfg.init_std / np.sqrt(2 * cfg.n_layer)
+                std = cfg.residual_init_std if init == "residual" else cfg.init_std
                 value = rng.standard_normal(shape) * std
             params[key] = self.xp.asarray(value.astype(self.dtype))
         return params
 
     def _take_params(self, params):
         expected = param_shapes(self.config)
-        missing = sorted(set(expected) - set(params))
-        unexpected = sorted(set(params) - set(expected))
-        wrong = sorted(f"{k}: {tuple(params[k].shape)} != {expected[k]}"
-                       for k in set(expected) & set(params) if tuple(params[k].shape) != expected[k])
-        problems = [f"{what} {keys}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)) if keys]
-        if problems:
-            raise ValueError("params do not fit the config: " + "; ".join(problems))
+        check_tensor_set("params do not fit the config", expected, params)
         return {k: to_device(params[k], self.device, self.dtype) for k in expected}
 
     def num_params(self):
@@ -123,78 +158,77 @@ class Model:
         attn_mask bool (T, T) or (B, T, T), True = may attend: replaces the mask of every layer.
         """
         cfg, p = self.config, self.params
-        ids = self._check_ids(ids)
-        B, T = ids.shape
-        pos, block_pos = self._positions(B, T, position_ids, block_position_ids)
+        B, T = self._check_ids_shape(ids)
+        context = self.block_context(B, T, position_ids, block_position_ids)
         masks = self._masks(B, T, prefix_len, attn_mask)
-        rope = None
-        if cfg.positions == "rope":
-            rope = rope_cos_sin(pos, cfg.rotary_dim, cfg.rope_theta, self.dtype)  # (B, 1, T, rd/2) each
 
-        x, emb_cache = embedding_forward(ids, p["wte"])                          # (B, T, C)
-        pos_cache = None
-        if cfg.positions == "learned":
-            pe, pos_cache = learned_position_forward(pos, p["wpe"])              # (B, T, C)
-            x = x + pe
-        elif cfg.positions == "glm2d":
-            pe, pos_cache = glm_position_forward(pos, block_pos, p["wpe"], p["wbpe"])  # (B, T, C)
-            x = x + pe
-        elif cfg.positions == "sinusoidal":
-            x = x + sinusoidal_encoding(pos, cfg.d_model, self.dtype)            # (B, T, C), no parameters
+        x, emb_cache = embedding_forward(ids, p["wte"])                          # (B, T, C), checks the ids
+        x, pos_cache = self._add_positions(x, context)                           # (B, T, C)
         x, drop_cache = self._dropout(x)
-
-        context = dict(pos=pos, block_pos=block_pos, rope=rope)
         block_caches = []
         for i in range(cfg.n_layer):
             x, cache = self.block_forward(x, i, masks[i], context)              # (B, T, C)
             block_caches.append(cache)
-
         norm_cache = None
         if cfg.final_norm:
             x, norm_cache = self._norm_forward(x, "norm_f")                      # (B, T, C)
         head = p["wte"].T if cfg.tie_embeddings else p["lm_head"]                # (C, V)
         logits, head_cache = linear_forward(x, head)                             # (B, T, V)
 
-        self._cache = (logits.shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache)
+        self._cache = ForwardCache(logits.shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache,
+                                   head_cache)
         return logits
 
-    def block_forward(self, x, i, mask, context):
-        """One transformer block, wired by config.norm_placement. x (B, T, C) -> (B, T, C), cache.
-        mask: bool (T, T) or (B, T, T), True = may attend (forward builds one per layer).
-        context: what every block shares, made once per forward: dict(pos=(B, T) position ids,
-            block_pos=(B, T) block position ids or None, rope=(cos, sin) for positions "rope" or None).
-        """
-        cfg, name = self.config, f"blocks.{i}"
-        if cfg.norm_placement == "pre":                                          # x + f(LN(x))
-            h, n1 = self._norm_forward(x, f"{name}.norm1")
-            a, att = self._attention_forward(h, i, mask, context)
-            a, d1 = self._dropout(a)
-            x = x + a
-            h, n2 = self._norm_forward(x, f"{name}.norm2")
-            m, mlp = self._mlp_forward(h, i)
-            m, d2 = self._dropout(m)
-            out = x + m
-        elif cfg.norm_placement == "post":                                       # LN(x + f(x))
-            a, att = self._attention_forward(x, i, mask, context)
-            a, d1 = self._dropout(a)
-            x, n1 = self._norm_forward(x + a, f"{name}.norm1")
-            m, mlp = self._mlp_forward(x, i)
-            m, d2 = self._dropout(m)
-            out, n2 = self._norm_forward(x + m, f"{name}.norm2")
-        else:                                                                    # deepnorm: a*LN(x) + f(LN(x))
-            alpha = cfg.deepnorm_alpha
-            h, n1 = self._norm_forward(x, f"{name}.norm1")
-            a, att = self._attention_forward(h, i, mask, context)
-            a, d1 = self._dropout(a)
-            x = alpha * h + a
-            h, n2 = self._norm_forward(x, f"{name}.norm2")
-            m, mlp = self._mlp_forward(h, i)
-            m, d2 = self._dropout(m)
-            out = alpha * h + m
-        return out, (n1, att, d1, n2, mlp, d2)
+    def block_context(self, B, T, position_ids=None, block_position_ids=None):
+        """The BlockContext of a forward over (B, T) tokens: checked (B, T) position ids (default
+        0..T-1), GLM's block position ids (default 0) and RoPE's cos and sin, each made once."""
+        cfg = self.config
+        pos, block_pos = self._positions(B, T, position_ids, block_position_ids)
+        rope = None
+        if cfg.rotary == "rope":
+            rope = rope_cos_sin(pos, cfg.rotary_dim, cfg.rope_theta, self.dtype)  # (B, 1, T, rd/2) each
+        return BlockContext(pos, block_pos, rope)
 
-    def _attention_forward(self, h, i, mask, context):
-        """h (B, T, C) -> (B, T, C): project, split heads, rotate, attend, merge, project."""
+    def _add_positions(self, x, context):
+        """x (B, T, C) plus the absolute position vectors: a learned table, GLM's two tables, or the
+        sinusoidal encoding (no parameters). RoPE models add nothing here: they rotate q and k."""
+        cfg, p = self.config, self.params
+        if cfg.positions == "learned":
+            pe, cache = learned_position_forward(context.pos, p["wpe"])         # (B, T, C)
+        elif cfg.positions == "glm2d":
+            pe, cache = glm_position_forward(context.pos, context.block_pos, p["wpe"], p["wbpe"])  # (B, T, C)
+        elif cfg.positions == "sinusoidal":
+            pe, cache = sinusoidal_encoding(context.pos, cfg.d_model, self.dtype), None   # (B, T, C)
+        else:
+            return x, None
+        return x + pe, cache
+
+    def block_forward(self, x, i, mask, context):
+        """One transformer block, wired by config.norm_placement. x (B, T, C) -> (B, T, C), BlockCache.
+        mask: bool (T, T) or (B, T, T), True = may attend (forward builds one per layer).
+        context: the BlockContext of this forward (Model.block_context)."""
+        name = f"blocks.{i}"
+        if self.config.norm_placement == "post":                                # x = LN(x + f(x))
+            a, att = self._attention_sublayer(x, i, mask, context)
+            x, n1 = self._norm_forward(x + a, f"{name}.norm1")
+            m, mlp = self._mlp_sublayer(x, i)
+            out, n2 = self._norm_forward(x + m, f"{name}.norm2")
+            return out, BlockCache(n1, att, n2, mlp)
+        h, n1 = self._norm_forward(x, f"{name}.norm1")                           # pre:      x = x + f(LN(x))
+        a, att = self._attention_sublayer(h, i, mask, context)                   # deepnorm: x = a*LN(x) + f(LN(x))
+        x = self._residual(x, h) + a
+        h, n2 = self._norm_forward(x, f"{name}.norm2")
+        m, mlp = self._mlp_sublayer(h, i)
+        out = self._residual(x, h) + m
+        return out, BlockCache(n1, att, n2, mlp)
+
+    def _residual(self, x, h):
+        """What a sublayer's output f(h) is added to: x itself ("pre"), or alpha * h, h = LN(x) ("deepnorm")."""
+        cfg = self.config
+        return cfg.deepnorm_alpha * h if cfg.norm_placement == "deepnorm" else x
+
+    def _attention_sublayer(self, h, i, mask, context):
+        """h (B, T, C) -> (B, T, C): project, split heads, QK-norm, rotate, attend, merge, project, drop."""
         cfg, p, name = self.config, self.params, f"blocks.{i}.attn"
         q, q_cache = linear_forward(h, p[f"{name}.wq"], p.get(f"{name}.bq"))     # (B, T, H*D)
         k, k_cache = linear_forward(h, p[f"{name}.wk"], p.get(f"{name}.bk"))     # (B, T, Hkv*D)
@@ -202,31 +236,43 @@ class Model:
         q = split_heads(q, cfg.n_head)                                           # (B, H, T, D)
         k = split_heads(k, cfg.n_kv_head)                                        # (B, Hkv, T, D)
         v = split_heads(v, cfg.n_kv_head)                                        # (B, Hkv, T, D)
-        rot_q = rot_k = None
-        if cfg.positions == "rope":
-            cos, sin = context["rope"]
-            q, rot_q = rope_forward(q, cos, sin, cfg.rotary_dim, cfg.rope_pairing)   # (B, H, T, D)
-            k, rot_k = rope_forward(k, cos, sin, cfg.rotary_dim, cfg.rope_pairing)   # (B, Hkv, T, D)
-        elif cfg.positions == "rope2d":
-            pos, block_pos = context["pos"], context["block_pos"]
-            q, rot_q = rope2d_forward(q, pos, block_pos, cfg.rope_theta)         # (B, H, T, D)
-            k, rot_k = rope2d_forward(k, pos, block_pos, cfg.rope_theta)         # (B, Hkv, T, D)
+        qk_cache = None
+        if cfg.qk_norm:
+            q, k, qk_cache = qk_norm_forward(q, k, p[f"{name}.q_norm.w"], p[f"{name}.k_norm.w"], cfg.norm_eps)
+        q, q_rot = self._rotate(q, context)                                      # (B, H, T, D)
+        k, k_rot = self._rotate(k, context)                                      # (B, Hkv, T, D)
         o, att_cache = attention_forward(q, k, v, mask)                          # (B, H, T, D)
         o = merge_heads(o)                                                       # (B, T, H*D)
         out, o_cache = linear_forward(o, p[f"{name}.wo"], p.get(f"{name}.bo"))   # (B, T, C)
-        return out, (q_cache, k_cache, v_cache, rot_q, rot_k, att_cache, o_cache)
+        out, drop_cache = self._dropout(out)
+        return out, AttentionSublayerCache(q_cache, k_cache, v_cache, qk_cache, q_rot, k_rot, att_cache,
+                                           o_cache, drop_cache)
 
-    def _mlp_forward(self, h, i):
-        """h (B, T, C) -> (B, T, C): the plain 2-layer MLP or the gated one (SwiGLU / GeGLU)."""
+    def _rotate(self, x, context):
+        """RoPE on x (B, H|Hkv, T, D), by one position id ("rope") or GLM's two ("rope2d"); x as it is
+        (and no cache) without rotary positions."""
+        cfg = self.config
+        if cfg.rotary == "rope":
+            cos, sin = context.rope
+            return rope_forward(x, cos, sin, cfg.rotary_dim, cfg.rope_pairing)  # (B, H|Hkv, T, D)
+        if cfg.rotary == "rope2d":
+            return rope2d_forward(x, context.pos, context.block_pos, cfg.rope_theta)   # (B, H|Hkv, T, D)
+        return x, None
+
+    def _mlp_sublayer(self, h, i):
+        """h (B, T, C) -> (B, T, C): the plain 2-layer MLP or the gated one (SwiGLU / GeGLU), then dropout."""
         cfg, p, name = self.config, self.params, f"blocks.{i}.mlp"
         if cfg.gated:
-            return gated_mlp_forward(h, p[f"{name}.w_gate"], p[f"{name}.w_up"], p[f"{name}.w_down"],
-                                     GATE_ACTIVATION[cfg.activation])            # (B, T, C)
-        return mlp_forward(h, p[f"{name}.w_up"], p.get(f"{name}.b_up"), p[f"{name}.w_down"],
-                           p.get(f"{name}.b_down"), cfg.activation)              # (B, T, C)
+            out, mlp_cache = gated_mlp_forward(h, p[f"{name}.w_gate"], p[f"{name}.w_up"], p[f"{name}.w_down"],
+                                               cfg.mlp_activation)               # (B, T, C)
+        else:
+            out, mlp_cache = mlp_forward(h, p[f"{name}.w_up"], p.get(f"{name}.b_up"), p[f"{name}.w_down"],
+                                         p.get(f"{name}.b_down"), cfg.mlp_activation)   # (B, T, C)
+        out, drop_cache = self._dropout(out)
+        return out, MlpSublayerCache(mlp_cache, drop_cache)
 
     def _norm_forward(self, x, name):
-        if self.config.norm == "layernorm":
+        if self.config.norm_has_bias:
             return layernorm_forward(x, self.params[f"{name}.w"], self.params[f"{name}.b"], self.config.norm_eps)
         return rmsnorm_forward(x, self.params[f"{name}.w"], self.config.norm_eps)
 
@@ -239,76 +285,81 @@ class Model:
     def backward(self, dlogits):
         """dlogits (B, T, V), the loss gradient of the last forward's logits: adds every parameter's
         gradient into model.grads (call zero_grad first for a fresh step)."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             raise ValueError("backward: no forward to go back through (call forward first; "
                              "each forward supports one backward)")
-        logits_shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache, head_cache = self._cache
         dlogits = self.xp.asarray(dlogits)                                       # onto the model's device
-        if dlogits.shape != logits_shape:
-            raise ValueError(f"backward: dlogits has shape {dlogits.shape}, expected the logits' {logits_shape}")
+        if dlogits.shape != cache.logits_shape:
+            raise ValueError(f"backward: dlogits has shape {dlogits.shape}, expected the logits' "
+                             f"{cache.logits_shape}")
         if dlogits.dtype != self.dtype:
             raise ValueError(f"backward: dlogits has dtype {dlogits.dtype}, expected the model's "
                              f"{np.dtype(self.dtype)} (nothing is cast silently)")
         self._cache = None
         cfg, g = self.config, self.grads
 
-        dx, dhead, _ = linear_backward(dlogits, head_cache)                      # undoes logits = x @ head
+        dx, dhead, _ = linear_backward(dlogits, cache.head)                      # undoes logits = x @ head
         if cfg.tie_embeddings:
             g["wte"] += dhead.T                                                  # head = wte.T: (C, V) -> (V, C)
         else:
             g["lm_head"] += dhead
         if cfg.final_norm:
-            dx = self._norm_backward(dx, norm_cache, "norm_f")
+            dx = self._norm_backward(dx, cache.final_norm, "norm_f")
         for i in reversed(range(cfg.n_layer)):
-            dx = self.block_backward(dx, i, block_caches[i])
-        dx = self._dropout_backward(dx, drop_cache)
+            dx = self.block_backward(dx, i, cache.blocks[i])
+        dx = self._dropout_backward(dx, cache.dropout)
+        self._positions_backward(dx, cache.positions)
+        g["wte"] += embedding_backward(dx, cache.embedding)                      # undoes x = wte[ids]
+
+    def _positions_backward(self, dx, cache):
+        """The position tables' gradients: undoes x + wpe[pos] (+ wbpe[block_pos] for GLM)."""
+        cfg, g = self.config, self.grads
         if cfg.positions == "learned":
-            g["wpe"] += learned_position_backward(dx, pos_cache)                  # undoes x + wpe[pos]
+            g["wpe"] += learned_position_backward(dx, cache)
         elif cfg.positions == "glm2d":
-            dwpe, dwbpe = glm_position_backward(dx, pos_cache)                    # undoes x + wpe[pos] + wbpe[block]
+            dwpe, dwbpe = glm_position_backward(dx, cache)
             g["wpe"] += dwpe
             g["wbpe"] += dwbpe
-        g["wte"] += embedding_backward(dx, emb_cache)                             # undoes x = wte[ids]
 
     def block_backward(self, dout, i, cache):
         """dout (B, T, C) -> dx (B, T, C), the block's parameter gradients added into model.grads."""
-        cfg, name = self.config, f"blocks.{i}"
-        n1, att, d1, n2, mlp, d2 = cache
-        if cfg.norm_placement == "pre":
-            # out = x + m(LN2(x)): the residual passes dout straight through, the MLP path adds to it
-            dh = self._mlp_backward(self._dropout_backward(dout, d2), mlp, i)
-            dx = dout + self._norm_backward(dh, n2, f"{name}.norm2")
-            # x = x_in + a(LN1(x_in))
-            dh = self._attention_backward(self._dropout_backward(dx, d1), att, i)
-            return dx + self._norm_backward(dh, n1, f"{name}.norm1")
-        if cfg.norm_placement == "post":
-            dy = self._norm_backward(dout, n2, f"{name}.norm2")                  # undoes out = LN2(y), y = x + m(x)
-            dx = dy + self._mlp_backward(self._dropout_backward(dy, d2), mlp, i)
-            dz = self._norm_backward(dx, n1, f"{name}.norm1")                    # undoes x = LN1(z), z = x_in + a(x_in)
-            return dz + self._attention_backward(self._dropout_backward(dz, d1), att, i)
-        alpha = cfg.deepnorm_alpha
-        # out = alpha*h2 + m(h2), h2 = LN2(x): both terms reach h2
-        dh = alpha * dout + self._mlp_backward(self._dropout_backward(dout, d2), mlp, i)
-        dx = self._norm_backward(dh, n2, f"{name}.norm2")
-        # x = alpha*h1 + a(h1), h1 = LN1(x_in)
-        dh = alpha * dx + self._attention_backward(self._dropout_backward(dx, d1), att, i)
-        return self._norm_backward(dh, n1, f"{name}.norm1")
+        name = f"blocks.{i}"
+        if self.config.norm_placement == "post":
+            dy = self._norm_backward(dout, cache.norm2, f"{name}.norm2")         # undoes out = LN2(y), y = x + m(x)
+            dx = dy + self._mlp_sublayer_backward(dy, cache.mlp, i)
+            dz = self._norm_backward(dx, cache.norm1, f"{name}.norm1")           # undoes x = LN1(z), z = x_in + a(x_in)
+            return dz + self._attention_sublayer_backward(dz, cache.attn, i)
+        dh = self._mlp_sublayer_backward(dout, cache.mlp, i)                     # undoes out = r(x, h2) + m(h2)
+        dx = self._residual_backward(dout, dh, cache.norm2, f"{name}.norm2")     # ... and h2 = LN2(x)
+        dh = self._attention_sublayer_backward(dx, cache.attn, i)                # undoes x = r(x_in, h1) + a(h1)
+        return self._residual_backward(dx, dh, cache.norm1, f"{name}.norm1")     # ... and h1 = LN1(x_in)
 
-    def _attention_backward(self, dout, cache, i):
+    def _residual_backward(self, dout, dh, norm_cache, name):
+        """Undoes out = r(x, h) + f(h), h = LN(x), given dh, the gradient that came through f to h.
+        "pre": r = x, so dout also reaches x directly; "deepnorm": r = alpha*h, so alpha*dout joins dh."""
+        cfg = self.config
+        if cfg.norm_placement == "deepnorm":
+            return self._norm_backward(dh + cfg.deepnorm_alpha * dout, norm_cache, name)
+        return dout + self._norm_backward(dh, norm_cache, name)
+
+    def _attention_sublayer_backward(self, dout, cache, i):
         cfg, g, name = self.config, self.grads, f"blocks.{i}.attn"
-        q_cache, k_cache, v_cache, rot_q, rot_k, att_cache, o_cache = cache
-        do, dwo, dbo = linear_backward(dout, o_cache)                            # undoes the output projection
+        dout = self._dropout_backward(dout, cache.dropout)
+        do, dwo, dbo = linear_backward(dout, cache.out_proj)                     # undoes the output projection
         g[f"{name}.wo"] += dwo
         if dbo is not None:
             g[f"{name}.bo"] += dbo
         do = split_heads(do, cfg.n_head)                                         # (B, H, T, D) undoes merge_heads
-        dq, dk, dv = attention_backward(do, att_cache)                           # (B, H|Hkv, T, D)
-        if cfg.positions == "rope":
-            dq, dk = rope_backward(dq, rot_q), rope_backward(dk, rot_k)          # rotate back
-        elif cfg.positions == "rope2d":
-            dq, dk = rope2d_backward(dq, rot_q), rope2d_backward(dk, rot_k)
+        dq, dk, dv = attention_backward(do, cache.attention)                     # (B, H|Hkv, T, D)
+        dq = self._rotate_backward(dq, cache.q_rot)                              # rotate back
+        dk = self._rotate_backward(dk, cache.k_rot)
+        if cfg.qk_norm:
+            dq, dk, dq_w, dk_w = qk_norm_backward(dq, dk, cache.qk_norm)         # undoes the QK-norm
+            g[f"{name}.q_norm.w"] += dq_w
+            g[f"{name}.k_norm.w"] += dk_w
         dh = 0
-        for proj, d, proj_cache in (("q", dq, q_cache), ("k", dk, k_cache), ("v", dv, v_cache)):
+        for proj, d, proj_cache in (("q", dq, cache.q_proj), ("k", dk, cache.k_proj), ("v", dv, cache.v_proj)):
             dh_part, dw, db = linear_backward(merge_heads(d), proj_cache)       # (B, T, C) undoes split, project
             g[f"{name}.w{proj}"] += dw
             if db is not None:
@@ -316,13 +367,23 @@ class Model:
             dh = dh + dh_part                                                    # h fed all three projections
         return dh
 
-    def _mlp_backward(self, dout, cache, i):
+    def _rotate_backward(self, dout, cache):
+        """Undoes _rotate: the inverse rotation (dout as it is without rotary positions)."""
+        rotary = self.config.rotary
+        if rotary == "rope":
+            return rope_backward(dout, cache)
+        if rotary == "rope2d":
+            return rope2d_backward(dout, cache)
+        return dout
+
+    def _mlp_sublayer_backward(self, dout, cache, i):
         g, name = self.grads, f"blocks.{i}.mlp"
+        dout = self._dropout_backward(dout, cache.dropout)
         if self.config.gated:
-            dh, dw_gate, dw_up, dw_down = gated_mlp_backward(dout, cache)
+            dh, dw_gate, dw_up, dw_down = gated_mlp_backward(dout, cache.mlp)
             g[f"{name}.w_gate"] += dw_gate
         else:
-            dh, dw_up, db_up, dw_down, db_down = mlp_backward(dout, cache)
+            dh, dw_up, db_up, dw_down, db_down = mlp_backward(dout, cache.mlp)
             if db_up is not None:
                 g[f"{name}.b_up"] += db_up
                 g[f"{name}.b_down"] += db_down
@@ -331,7 +392,7 @@ class Model:
         return dh
 
     def _norm_backward(self, dout, cache, name):
-        if self.config.norm == "layernorm":
+        if self.config.norm_has_bias:
             dx, dw, db = layernorm_backward(dout, cache)
             self.grads[f"{name}.b"] += db
         else:
@@ -343,35 +404,31 @@ class Model:
         return dout if cache is None else dropout_backward(dout, cache)
 
     # --- inputs --------------------------------------------------------------------------------
-    def _check_ids(self, ids):
-        ids = self.xp.asarray(ids)
-        if ids.ndim != 2 or 0 in ids.shape:
-            raise ValueError(f"ids: expected a non-empty integer array of shape (B, T), got shape {ids.shape}")
-        if not is_integer_array(ids):
-            raise ValueError(f"ids: expected integer token ids, got dtype {ids.dtype}")
-        bad = to_numpy(ids[(ids < 0) | (ids >= self.config.vocab_size)])
-        if bad.size:
-            raise ValueError(f"ids: token id {int(bad[0])} is out of range, expected 0 <= id < "
-                             f"vocab_size = {self.config.vocab_size}")
-        T = ids.shape[1]
-        if self.config.positions in ("learned", "glm2d") and T > self.config.max_seq_len:
+    # Each input is checked once. The ids' dtype and range: embedding_forward; position ids that index a
+    # table: the table's lookup (positions.py); prefix_len: masks.prefix_mask. Here: what only the model knows.
+    def _check_ids_shape(self, ids):
+        """(B, T) of the token ids; T must fit the position tables."""
+        shape = getattr(ids, "shape", np.shape(ids))
+        if len(shape) != 2 or 0 in shape:
+            raise ValueError(f"ids: expected a non-empty integer array of shape (B, T), got shape {shape}")
+        T = shape[1]
+        if self.config.position_tables and T > self.config.max_seq_len:
             raise ValueError(f"ids: T={T} tokens, but the position table has max_seq_len="
                              f"{self.config.max_seq_len} rows")
-        return ids
+        return shape
 
     def _position_array(self, name, value, B, T):
-        """An int (T,) or (B, T) array -> (B, T) on the device, checked to be >= 0 (and in the table)."""
-        xp, cfg = self.xp, self.config
-        value = xp.asarray(value)
+        """An int (T,) or (B, T) array -> (B, T) on the device. Without a table to look them up in
+        (which checks the range), the ids are checked here to be >= 0."""
+        value = self.xp.asarray(value)
         if not is_integer_array(value) or value.shape not in ((T,), (B, T)):
             raise ValueError(f"{name}: expected an integer array of shape (T,) = ({T},) or (B, T) = ({B}, {T}), "
                              f"got dtype {value.dtype} shape {value.shape}")
-        high = cfg.max_seq_len if cfg.positions in ("learned", "glm2d") else None
-        bad = to_numpy(value[(value < 0) | (value >= high)] if high else value[value < 0])
-        if bad.size:
-            expected = f"0 <= id < max_seq_len = {high}" if high else "ids >= 0"
-            raise ValueError(f"{name}: {int(bad[0])} is out of range, expected {expected}")
-        return xp.broadcast_to(value, (B, T))
+        if not self.config.position_tables:
+            negative = to_numpy(value[value < 0])
+            if negative.size:
+                raise ValueError(f"{name}: {int(negative[0])} is out of range, expected ids >= 0")
+        return self.xp.broadcast_to(value, (B, T))
 
     def _positions(self, B, T, position_ids, block_position_ids):
         """(B, T) position ids (default 0..T-1), and block position ids for GLM (default 0), else None."""
@@ -380,7 +437,7 @@ class Model:
             pos = xp.broadcast_to(xp.arange(T), (B, T))                          # (B, T)
         else:
             pos = self._position_array("position_ids", position_ids, B, T)
-        if cfg.positions not in ("glm2d", "rope2d"):
+        if not cfg.block_positions:
             if block_position_ids is not None:
                 raise ValueError(f"block_position_ids: only GLM's 2D positions use them (positions 'glm2d' "
                                  f"or 'rope2d'); this model has positions={cfg.positions!r}")
@@ -390,35 +447,30 @@ class Model:
         return pos, self._position_array("block_position_ids", block_position_ids, B, T)
 
     def _masks(self, B, T, prefix_len, attn_mask):
-        """One boolean mask per layer, True = may attend: (T, T) or (B, T, T)."""
-        xp, cfg = self.xp, self.config
+        """One boolean mask per layer, True = may attend: (T, T) or (B, T, T). Layers with local
+        attention (config.local_attention) get the shared mask narrowed by their window."""
+        cfg = self.config
+        mask = self._shared_mask(T, prefix_len, attn_mask)
+        if mask.ndim == 3 and mask.shape[0] != B:
+            given = "attn_mask" if attn_mask is not None else "prefix_len"
+            raise ValueError(f"{given}: one per sample expected, got a mask of shape {mask.shape} for a batch "
+                             f"of B={B}: expected shape (B,) = ({B},) for prefix_len, (B, T, T) for attn_mask")
+        if attn_mask is not None:
+            return [mask] * cfg.n_layer                                          # replaces every layer's mask
+        narrowed = {}                                                            # kind -> mask, built once
+        for kind in {cfg.local_attention(i) for i in range(cfg.n_layer)} - {None}:
+            narrowed[kind] = mask & make_mask(kind, T, window=cfg.attn_window, xp=self.xp)
+        return [narrowed.get(cfg.local_attention(i), mask) for i in range(cfg.n_layer)]
+
+    def _shared_mask(self, T, prefix_len, attn_mask):
+        """The mask before any local window: attn_mask as given, GLM's prefix mask, or causal."""
         if attn_mask is not None:
             if prefix_len is not None:
                 raise ValueError("give prefix_len or attn_mask, not both (attn_mask replaces every mask)")
-            mask = explicit_mask(attn_mask, T, xp=xp)
-            if mask.ndim == 3 and mask.shape[0] != B:
-                raise ValueError(f"attn_mask: shape {mask.shape} for a batch of B={B}")
-            return [mask] * cfg.n_layer
+            return explicit_mask(attn_mask, T, xp=self.xp)                       # (T, T) or (B, T, T)
         if prefix_len is None:
-            mask = causal_mask(T, xp=xp)                                         # (T, T)
-        else:
-            if cfg.attention != "prefix":
-                raise ValueError(f"prefix_len: this model has attention={cfg.attention!r}; only "
-                                 f"attention='prefix' models (GLM, ChatGLM-6B) take a prefix")
-            mask = prefix_mask(T, self._check_prefix_len(prefix_len, B, T), xp=xp)   # (B, T, T)
-        if cfg.attention_pattern == "dense":
-            return [mask] * cfg.n_layer
-        banded = mask & banded_mask(T, cfg.attn_window, xp=xp)                    # GPT-3: odd layers local
-        return [mask if i % 2 == 0 else banded for i in range(cfg.n_layer)]
-
-    @staticmethod
-    def _check_prefix_len(prefix_len, B, T):
-        sep = to_numpy(prefix_len)
-        if not np.issubdtype(sep.dtype, np.integer) or sep.shape not in ((), (B,)):
-            raise ValueError(f"prefix_len: expected an int or an integer array of shape (B,) = ({B},), "
-                             f"got {prefix_len!r}")
-        bad = sep[(sep < 0) | (sep > T)]
-        if bad.size:
-            raise ValueError(f"prefix_len: {int(bad.reshape(-1)[0])} is out of range, expected 0 <= prefix_len "
-                             f"<= T = {T}")
-        return np.broadcast_to(sep, (B,))
+            return causal_mask(T, xp=self.xp)                                    # (T, T)
+        if self.config.attention != "prefix":
+            raise ValueError(f"prefix_len: this model has attention={self.config.attention!r}; only "
+                             f"attention='prefix' models (GLM, ChatGLM-6B) take a prefix")
+        return prefix_mask(T, prefix_len, xp=self.xp)                            # (T, T) or (B, T, T)

@@ -3,12 +3,16 @@ import tracemalloc
 
 import pytest
 
-from minigpt.config import FAMILIES, PRESETS, ModelConfig, flops_per_token, num_params, param_shapes
+import numpy as np
+
+from minigpt.config import (FAMILIES, PRESETS, ModelConfig, check_tensor_set, flops_per_token, num_params,
+                            param_shapes, param_specs)
 
 # Published parameter counts, from the model cards / papers (not from our code):
 # GPT-1 paper "117M"; transformers' pretrained-model table for GPT-2 (124M, 355M, 774M, 1558M);
 # GPT-3 paper Table 2.1; LLaMA-2 paper ("6.74B" in Meta's model card); LLaMA-3-8B model card 8.03B;
-# ChatGLM-6B README "6.2B"; ChatGLM2-6B 6.24B; GLM-4-9B model card "9.4B".
+# ChatGLM-6B README "6.2B"; ChatGLM2-6B 6.24B; GLM-4-9B model card "9.4B"; Mistral-7B-v0.1's hub page
+# "7.24B params" (the release post rounds it to 7.3B); Qwen3-8B model card "8.2B", "6.95B" non-embedding.
 PUBLISHED_COUNTS = {
     "openai-gpt": 117e6,
     "gpt2-small": 124e6,
@@ -22,6 +26,8 @@ PUBLISHED_COUNTS = {
     "chatglm-6b": 6.2e9,
     "chatglm2-6b": 6.24e9,
     "glm4-9b": 9.4e9,
+    "mistral-7b": 7.24e9,
+    "qwen3-8b": 8.2e9,
 }
 
 
@@ -30,6 +36,11 @@ def test_num_params_published_within_one_percent(name):
     total = num_params(ModelConfig.preset(name))["total"]
     published = PUBLISHED_COUNTS[name]
     assert abs(total - published) / published < 0.01, f"{name}: {total:,} vs published {published:,.0f}"
+
+
+def test_num_params_qwen3_8b_non_embedding_within_one_percent():
+    non_embedding = num_params(ModelConfig.preset("qwen3-8b"))["non_embedding"]
+    assert abs(non_embedding - 6.95e9) / 6.95e9 < 0.01, non_embedding
 
 
 def test_num_params_never_allocates_the_weights():
@@ -120,6 +131,12 @@ FAITHFUL = {
     "glm4": dict(norm="rmsnorm", norm_placement="pre", final_norm=True, activation="swiglu", positions="rope",
                  rotary_fraction=0.5, rope_pairing="interleaved", qkv_bias=True, bias=False, n_kv_head=2,
                  tie_embeddings=False, attention="causal"),
+    # Mistral 7B: LLaMA's block, GQA, and a sliding window on every layer (MistralAttention, sliding_window)
+    "mistral": dict(norm="rmsnorm", norm_placement="pre", activation="swiglu", positions="rope", rope_pairing="half",
+                    qkv_bias=False, bias=False, tie_embeddings=False, attention_pattern="sliding", qk_norm=False),
+    # Qwen3: LLaMA's block with q_norm / k_norm (Qwen3RMSNorm over head_dim), GQA, dense causal attention
+    "qwen3": dict(norm="rmsnorm", norm_placement="pre", activation="swiglu", positions="rope", rope_pairing="half",
+                  qkv_bias=False, bias=False, tie_embeddings=False, attention_pattern="dense", qk_norm=True),
 }
 
 
@@ -140,6 +157,10 @@ def test_preset_published_sizes_faithful():
     llama3 = ModelConfig.preset("llama3-8b")
     assert (llama3.n_kv_head, llama3.rope_theta, llama3.vocab_size) == (8, 500000.0, 128256)
     assert ModelConfig.preset("llama-7b").n_kv_head == 32                    # LLaMA-1 and -2 7B: no GQA
+    mistral = ModelConfig.preset("mistral-7b")
+    assert (mistral.attn_window, mistral.n_kv_head, mistral.d_ff, mistral.norm_eps) == (4096, 8, 14336, 1e-5)
+    qwen3 = ModelConfig.preset("qwen3-8b")
+    assert (qwen3.n_layer, qwen3.head_dim, qwen3.n_kv_head, qwen3.rope_theta) == (36, 128, 8, 1e6)
 
 
 def test_preset_overrides_apply_and_rederive_d_ff():
@@ -179,6 +200,8 @@ def test_preset_unknown_field_is_error():
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(norm_eps=0), "norm_eps=0"),
     (dict(tie_embeddings="yes"), "tie_embeddings"),
+    (dict(qk_norm=1), "qk_norm=1"),
+    (dict(attention_pattern="sliding", attn_window=0), "attn_window=0"),
     (dict(activation="swiglu", bias=True), "bias=True"),
 ])
 def test_config_invalid_is_error(fields, match):
@@ -200,3 +223,61 @@ def test_config_equality_ignores_how_d_ff_was_derived():
     derived = ModelConfig.preset("llama2-7b")
     assert derived == ModelConfig.preset("llama2-7b", d_ff=11008, multiple_of=1)
     assert derived != ModelConfig.preset("llama2-7b", d_ff=11264)
+
+
+# --- the questions the model asks the config ----------------------------------------------------
+def test_config_answers_position_questions():
+    answers = {name: (ModelConfig.preset(name).position_tables, ModelConfig.preset(name).block_positions,
+                      ModelConfig.preset(name).rotary) for name in FAMILIES}
+    assert answers["gpt2"] == (("wpe",), False, None)
+    assert answers["glm"] == (("wpe", "wbpe"), True, None)
+    assert answers["chatglm"] == ((), True, "rope2d")
+    assert answers["llama"] == answers["mistral"] == answers["qwen3"] == answers["glm4"] == ((), False, "rope")
+    assert ModelConfig(positions="sinusoidal").position_tables == ()
+
+
+def test_config_answers_mlp_questions():
+    for activation, gated, nonlinearity in (("gelu_tanh", False, "gelu_tanh"), ("relu", False, "relu"),
+                                            ("swiglu", True, "silu"), ("geglu", True, "gelu")):
+        cfg = ModelConfig(activation=activation, bias=not gated)
+        assert (cfg.gated, cfg.mlp_activation) == (gated, nonlinearity), activation
+
+
+def test_config_local_attention_per_layer():
+    layers = range(4)
+    assert [ModelConfig.preset("gpt3").local_attention(i) for i in layers] == [None, "banded", None, "banded"]
+    assert [ModelConfig.preset("mistral").local_attention(i) for i in layers] == ["sliding"] * 4
+    assert [ModelConfig.preset("llama").local_attention(i) for i in layers] == [None] * 4
+
+
+def test_config_unused_fields():
+    gpt2 = ModelConfig.preset("gpt2").unused_fields()
+    assert gpt2 == {"rope_theta", "rotary_fraction", "rope_pairing", "attn_window"}
+    assert ModelConfig.preset("chatglm").unused_fields() == {"rotary_fraction", "rope_pairing", "attn_window"}
+    assert ModelConfig.preset("mistral").unused_fields() == set()
+
+
+def test_param_specs_give_every_init():
+    specs = param_specs(ModelConfig.preset("qwen3", n_layer=1))
+    assert specs["blocks.0.attn.q_norm.w"] == ((16,), "ones") and specs["blocks.0.attn.k_norm.w"] == ((16,), "ones")
+    assert specs["blocks.0.attn.wo"].init == specs["blocks.0.mlp.w_down"].init == "residual"
+    assert specs["wte"].init == specs["blocks.0.attn.wq"].init == specs["lm_head"].init == "normal"
+    gpt2 = param_specs(ModelConfig.preset("gpt2", n_layer=1))
+    assert gpt2["blocks.0.norm1.b"].init == gpt2["blocks.0.attn.bq"].init == gpt2["blocks.0.mlp.b_up"].init == "zeros"
+    assert gpt2["wpe"].init == "normal" and gpt2["norm_f.w"].init == "ones"
+    assert set(param_shapes(ModelConfig.preset("qwen3"))) == set(param_specs(ModelConfig.preset("qwen3")))
+
+
+def test_residual_init_std():
+    assert ModelConfig.preset("gpt2", n_layer=8).residual_init_std == 0.02 / 4       # 0.02 / sqrt(2 * 8)
+    assert ModelConfig.preset("llama", n_layer=8).residual_init_std == 0.02          # no scaled_residual_init
+
+
+def test_check_tensor_set_lists_every_problem_together():
+    expected = {"a": (2, 3), "b": (4,), "c": (1,)}
+    check_tensor_set("fine", expected, {"a": np.zeros((2, 3)), "b": np.zeros(4), "c": np.zeros(1)})
+    with pytest.raises(ValueError) as err:
+        check_tensor_set("the tensors do not fit", expected,
+                         {"a": np.zeros((3, 2)), "b": np.zeros(4), "d": np.zeros(1)})
+    assert str(err.value) == ("the tensors do not fit:\n  missing keys (1): c\n  unexpected keys (1): d\n"
+                              "  shape mismatches (1): a has (3, 2), expected (2, 3)")

@@ -19,11 +19,14 @@ from minigpt.layers.loss import cross_entropy
 from minigpt.model import Model
 
 B, T, V = 2, 8, 100
-FAMILY_PRESETS = {"gpt2": "gpt2", "openai-gpt": "gpt1", "llama": "llama", "glm": "glm4"}
+FAMILY_PRESETS = {"gpt2": "gpt2", "openai-gpt": "gpt1", "llama": "llama", "glm": "glm4", "mistral": "mistral",
+                  "qwen3": "qwen3"}
 
 
 def tiny(preset, **overrides):
     sizes = dict(vocab_size=V, n_layer=2, d_model=32, n_head=4, max_seq_len=16)
+    if ModelConfig.preset(preset).attention_pattern == "sliding":
+        sizes["attn_window"] = 3                             # T = 8 reaches past the window
     return ModelConfig.preset(preset, **{**sizes, **overrides})
 
 
@@ -124,8 +127,10 @@ def test_to_hf_state_dict_lists_missing_unexpected_and_mismatched():
 def test_load_unsupported_model_type(tmp_path):
     _, path = saved_model(tmp_path)
     rewrite_config(path, lambda c: c.update(model_type="bert"))
-    with pytest.raises(ValueError, match="model_type='bert' is not supported; supported: gpt2, openai-gpt, llama, glm"):
+    with pytest.raises(ValueError, match="model_type='bert' is not supported; supported: gpt2, openai-gpt, llama, glm, "
+                                         "mistral, qwen3") as err:
         hf.load(path)
+    assert os.path.join(path, "config.json") in str(err.value)       # the message names the file
 
 
 def test_load_lists_every_missing_key(tmp_path):
@@ -320,6 +325,121 @@ def test_load_without_safetensors_is_a_clear_error(tmp_path):
         hf.load(path)
 
 
+def test_family_of_every_preset():
+    """Found by round trip through each family's config.json; the families HF has no class for say why."""
+    expected = {"gpt1": "openai-gpt", "gpt2": "gpt2", "llama": "llama", "chatglm2": "glm", "glm4": "glm",
+                "mistral": "mistral", "qwen3": "qwen3"}
+    for preset, model_type in expected.items():
+        assert hf.model_type_of(tiny(preset)) == model_type, preset
+    reasons = {"gpt3": "attention_pattern='alternating'", "glm": "positions='glm2d'", "chatglm": "positions='rope2d'"}
+    for preset, reason in reasons.items():
+        with pytest.raises(ValueError, match="maps to no Hugging Face family") as err:
+            hf.model_type_of(tiny(preset))
+        assert reason in str(err.value) and all(f"  {t}: " in str(err.value) for t in hf.MODEL_TYPES)
+
+
+def test_family_of_ignores_what_the_config_never_reads(tmp_path):
+    """A window without local attention, RoPE settings without RoPE, and the training-only fields
+    (dropout, init) change no weight: such a config still maps, and loads back as its family."""
+    config = tiny("gpt2", attn_window=5, rope_theta=123.0, rope_pairing="interleaved", dropout=0.1,
+                  scaled_residual_init=False)
+    assert hf.model_type_of(config) == "gpt2"
+    assert hf.model_type_of(tiny("llama", attn_window=5, init_std=0.05)) == "llama"
+    assert hf.model_type_of(tiny("mistral", attn_window=5)) == "mistral"
+    with pytest.raises(ValueError, match=r"rotary_fraction=0.5 \(llama has 1.0\)"):
+        hf.model_type_of(tiny("llama", rotary_fraction=0.5, rope_pairing="half", qkv_bias=True))
+
+
+def test_config_from_hf_mistral_window_and_qwen3_sliding_layers():
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=16)
+    windowed = hf.config_from_hf(dict(base, model_type="mistral", sliding_window=5))
+    assert (windowed.attention_pattern, windowed.attn_window) == ("sliding", 5)
+    assert [windowed.local_attention(i) for i in range(2)] == ["sliding", "sliding"]
+    dense = hf.config_from_hf(dict(base, model_type="mistral", sliding_window=None))
+    assert dense.attention_pattern == "dense"
+    assert hf.model_type_of(dense) == "llama"                  # a window-less Mistral IS a LLaMA
+    qwen = hf.config_from_hf(dict(base, model_type="qwen3", head_dim=8))
+    assert qwen.qk_norm and qwen.n_kv_head == 2
+    with pytest.raises(ValueError, match="use_sliding_window=true"):
+        hf.config_from_hf(dict(base, model_type="qwen3", head_dim=8, use_sliding_window=True, sliding_window=4))
+    with pytest.raises(ValueError, match="attention_bias=true"):
+        hf.config_from_hf(dict(base, model_type="qwen3", head_dim=8, attention_bias=True))
+
+
+def test_mistral_window_changes_the_logits():
+    """The window is real: at T = 8 > window 3 the same weights without it give other logits."""
+    config = tiny("mistral")
+    windowed = Model(config, seed=0, dtype="float64")
+    dense = Model(tiny("llama"), dtype="float64", params=windowed.params)
+    ids = random_ids()
+    diff = np.abs(windowed.forward(ids) - dense.forward(ids))      # (B, T, V)
+    assert diff[:, :3].max() == 0 and diff[:, 3:].max() > 1e-4      # rows 0-2 see the same keys either way
+
+
+# --- files that are not checkpoints: one ValueError naming the file ----------------------------
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="nowhere: no such folder"):
+        hf.load(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"model_type": "gpt2", "n_embd": 32', "cannot be read as JSON"),
+    ("[1, 2, 3]", "expected a JSON object"),
+    (b"\xff\xfe\x00garbage", "cannot be read as JSON"),
+    ('{"model_type": "gpt2", "n_embd": "32", "n_layer": 2, "n_head": 4}', "d_model='32'"),
+])
+def test_load_malformed_config_json_names_the_file(tmp_path, text, message):
+    _, path = saved_model(tmp_path)
+    file = os.path.join(path, "config.json")
+    with open(file, "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message) as err:
+        hf.load(path)
+    assert str(err.value).startswith(file + ": ")
+
+
+def test_load_malformed_config_chains_the_json_error(tmp_path):
+    _, path = saved_model(tmp_path)
+    (tmp_path / "ckpt" / "config.json").write_text("{oops")
+    with pytest.raises(ValueError) as err:
+        hf.load(path)
+    assert isinstance(err.value.__cause__, json.JSONDecodeError)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "bad header"])
+def test_load_corrupt_safetensors_names_the_file(tmp_path, damage):
+    _, path = saved_model(tmp_path, "llama")
+    file = os.path.join(path, "model.safetensors")
+    data = open(file, "rb").read()
+    broken = {"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)),
+              "bad header": len(b"{nope").to_bytes(8, "little") + b"{nope" + data[8:]}[damage]
+    with open(file, "wb") as f:
+        f.write(broken)
+    with pytest.raises(ValueError, match="not a readable .safetensors file") as err:
+        hf.load(path)
+    assert str(err.value).startswith(file + ": ")
+    assert err.value.__cause__ is not None                          # safetensors' own error, chained
+
+
+def test_load_bad_shard_index_names_the_file(tmp_path):
+    _, path = saved_model(tmp_path, "llama")
+    os.rename(os.path.join(path, "model.safetensors"), os.path.join(path, "model-00001-of-00002.safetensors"))
+    index = os.path.join(path, "model.safetensors.index.json")
+    with open(index, "w") as f:
+        json.dump({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors",
+                                  "lm_head.weight": "model-00002-of-00002.safetensors"}}, f)
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors") as err:
+        hf.load(path)
+    assert str(err.value).startswith(index + ": ")
+    with open(index, "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match="cannot be read as JSON") as err:
+        hf.load(path)
+    assert str(err.value).startswith(index + ": ")
+
+
 # --- parity with transformers (extra `parity`) ------------------------------------------------
 
 def parity_libs():
@@ -346,12 +466,24 @@ def hf_model(model_type, seed=0):
                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
                                           rms_norm_eps=1e-5, **common,
                                           rope_parameters={"rope_type": "default", "rope_theta": 500.0})
-    else:
+    elif model_type == "mistral":   # a window of 3 positions: T = 8 reaches past it
+        config = transformers.MistralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                            rms_norm_eps=1e-5, sliding_window=3, **common,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    elif model_type == "qwen3":
+        config = transformers.Qwen3Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                          max_position_embeddings=16, rms_norm_eps=1e-5, **common,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    elif model_type == "glm":
         config = transformers.GlmConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                                         max_position_embeddings=16, rms_norm_eps=1e-5,
                                         rope_parameters={"rope_type": "default", "rope_theta": 500.0,
                                                          "partial_rotary_factor": 0.5}, **common)
+    else:
+        raise ValueError(f"no test model for {model_type!r}")
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -361,12 +493,14 @@ def hf_model(model_type, seed=0):
 
 
 def torch_float64(monkeypatch):
-    """LlamaRMSNorm / GlmRMSNorm and both rotary embeddings compute in float32 whatever the model's
-    dtype (for bf16 stability): patched to compute in the input's dtype, so a float64 comparison
-    measures our arithmetic, not theirs."""
+    """The RMSNorms (LLaMA, GLM, Mistral, Qwen3, and Qwen3's QK-norm) and the rotary embeddings compute
+    in float32 whatever the model's dtype (for bf16 stability): patched to compute in the input's dtype,
+    so a float64 comparison measures our arithmetic, not theirs."""
     torch, _ = parity_libs()
     from transformers.models.glm import modeling_glm
     from transformers.models.llama import modeling_llama
+    from transformers.models.mistral import modeling_mistral
+    from transformers.models.qwen3 import modeling_qwen3
 
     def rmsnorm(self, x):
         return self.weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.variance_epsilon))
@@ -379,7 +513,8 @@ def torch_float64(monkeypatch):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
-    for module, name in ((modeling_llama, "Llama"), (modeling_glm, "Glm")):
+    for module, name in ((modeling_llama, "Llama"), (modeling_glm, "Glm"), (modeling_mistral, "Mistral"),
+                         (modeling_qwen3, "Qwen3")):
         monkeypatch.setattr(getattr(module, name + "RMSNorm"), "forward", rmsnorm)
         monkeypatch.setattr(getattr(module, name + "RotaryEmbedding"), "forward", rotary)
 

@@ -255,19 +255,19 @@ def test_model_bad_ids_is_error(ids, match):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("glm", dict(prefix_len=9), "prefix_len: 9"),
-    ("glm", dict(prefix_len=np.array([2, -1])), "prefix_len: -1"),
+    ("glm", dict(prefix_len=9), r"sep=\[9\].*prefix_len"),
+    ("glm", dict(prefix_len=np.array([2, -1])), r"sep=\[-1\]"),
     ("glm", dict(prefix_len=np.array([1, 2, 3])), r"shape \(B,\)"),
-    ("glm", dict(prefix_len=2.5), "prefix_len"),
+    ("glm", dict(prefix_len=2.5), "sep=2.5: expected an int"),
     ("gpt2", dict(prefix_len=3), "attention='causal'"),
     ("glm", dict(prefix_len=3, attn_mask=causal_mask(T)), "not both"),
     ("gpt2", dict(attn_mask=np.ones((T, T))), "dtype float64"),
     ("gpt2", dict(attn_mask=np.ones((3, T, T), dtype=bool)), "B=2"),
-    ("gpt2", dict(position_ids=np.arange(1, T + 1)), "position_ids: 8"),
+    ("gpt2", dict(position_ids=np.arange(1, T + 1)), "position id 8 .*max_seq_len = 8"),
     ("gpt2", dict(position_ids=np.arange(T - 1)), "position_ids"),
     ("llama", dict(position_ids=-np.arange(T)), "position_ids: -1"),
     ("gpt2", dict(block_position_ids=np.zeros(T, dtype=int)), "block_position_ids"),
-    ("glm", dict(block_position_ids=np.full(T, 8)), "block_position_ids: 8"),
+    ("glm", dict(block_position_ids=np.full(T, 8)), "block position id 8 .*max_seq_len = 8"),
 ])
 def test_model_bad_forward_arguments_are_errors(name, kwargs, match):
     ids, _ = batch()
@@ -301,11 +301,11 @@ def test_model_given_params_are_checked():
     cfg = tiny("llama")
     params = Model(cfg).params
     assert Model(cfg, params=params).params["wte"] is params["wte"]  # used as they are
-    with pytest.raises(ValueError, match="missing .'lm_head'."):
+    with pytest.raises(ValueError, match="missing keys \\(1\\): lm_head$"):
         Model(cfg, params={k: v for k, v in params.items() if k != "lm_head"})
-    with pytest.raises(ValueError, match="unexpected .'extra'."):
+    with pytest.raises(ValueError, match="unexpected keys \\(1\\): extra$"):
         Model(cfg, params={**params, "extra": params["wte"]})
-    with pytest.raises(ValueError, match=r"wrong shapes .'blocks.0.attn.wk: \(32, 32\) != \(32, 16\)'.$"):
+    with pytest.raises(ValueError, match=r"shape mismatches \(1\): blocks.0.attn.wk has \(32, 32\), expected \(32, 16\)$"):
         Model(cfg, params={**params, "blocks.0.attn.wk": params["blocks.0.attn.wq"]})
     with pytest.raises(ValueError, match="ModelConfig"):
         Model({"n_layer": 2})

@@ -21,9 +21,10 @@ SiLU, also called Swish (the gate of LLaMA's and ChatGLM2's SwiGLU):
     f'(x) = s + x s (1 - s) = s (1 + x (1 - s))        using s' = s (1 - s)
 We compute s as (1 + tanh(x/2)) / 2, the same function, written so that no exp can overflow.
 
-Each forward caches what its derivative needs, computed once: the mask, Phi, tanh(u) or s.
+Each forward caches what its derivative needs, computed once, in a named tuple: the mask, Phi, tanh(u) or s.
 """
 import math
+from typing import Any, NamedTuple
 
 from minigpt.backend import erf, get_xp
 
@@ -32,21 +33,32 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+class ReluCache(NamedTuple):
+    """What relu_backward needs: where the input was positive."""
+    positive: Any                                                # (...) bool, x > 0
+
+
 def relu_forward(x):
     """max(x, 0). x (...) -> out (...), cache"""
     xp = get_xp(x)
-    return xp.maximum(x, 0), x > 0                               # cache: where x > 0, (...) bool
+    return xp.maximum(x, 0), ReluCache(x > 0)
 
 
 def relu_backward(dout, cache):
     """dout (...) -> dx (...): the gradient passes where x was positive."""
-    return dout * cache                                          # undoes max(x, 0): 1 where x > 0, else 0
+    return dout * cache.positive                                 # undoes max(x, 0): 1 where x > 0, else 0
+
+
+class GeluCache(NamedTuple):
+    """What gelu_backward needs: the input and Phi(x)."""
+    x: Any                                                       # (...)
+    cdf: Any                                                     # (...) Phi(x)
 
 
 def gelu_forward(x):
     """Exact GELU, x Phi(x) with the error function. x (...) -> out (...), cache"""
     cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))                      # (...) Phi(x)
-    return x * cdf, (x, cdf)
+    return x * cdf, GeluCache(x, cdf)
 
 
 def gelu_backward(dout, cache):
@@ -57,11 +69,17 @@ def gelu_backward(dout, cache):
     return dout * (cdf + x * pdf)                                # undoes x * Phi(x) (product rule)
 
 
+class GeluTanhCache(NamedTuple):
+    """What gelu_tanh_backward needs: the input and tanh(u)."""
+    x: Any                                                       # (...)
+    tanh_u: Any                                                  # (...) tanh(sqrt(2/pi) (x + 0.044715 x^3))
+
+
 def gelu_tanh_forward(x):
     """GELU with the tanh approximation of GPT-2. x (...) -> out (...), cache"""
     xp = get_xp(x)
     t = xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))     # (...) tanh(u)
-    return 0.5 * x * (1.0 + t), (x, t)
+    return 0.5 * x * (1.0 + t), GeluTanhCache(x, t)
 
 
 def gelu_tanh_backward(dout, cache):
@@ -71,11 +89,17 @@ def gelu_tanh_backward(dout, cache):
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)  # undoes 0.5 x (1 + tanh(u)) (product rule)
 
 
+class SiluCache(NamedTuple):
+    """What silu_backward needs: the input and its sigmoid."""
+    x: Any                                                       # (...)
+    sigmoid: Any                                                 # (...) s(x)
+
+
 def silu_forward(x):
     """SiLU / Swish, x * sigmoid(x). x (...) -> out (...), cache"""
     xp = get_xp(x)
     s = 0.5 * (1.0 + xp.tanh(0.5 * x))                           # (...) sigmoid(x), overflow-free
-    return x * s, (x, s)
+    return x * s, SiluCache(x, s)
 
 
 def silu_backward(dout, cache):

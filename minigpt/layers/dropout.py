@@ -15,28 +15,38 @@ the same mask: a dropped entry passes no gradient.
 The mask is drawn on the CPU from a NumPy Generator and then moved to x's device, so one seed
 gives the same mask on every device and for both float32 and float64.
 """
+from typing import Any, NamedTuple
+
 from minigpt.backend import get_xp
+
+
+class DropoutCache(NamedTuple):
+    """What dropout_backward needs: the scaled keep-mask the forward multiplied by."""
+    mask: Any                                                    # (...) 0 or 1 / (1 - p), in x's dtype
 
 
 def dropout_forward(x, p, rng, train=True):
     """Zero each entry with probability p and scale the rest by 1 / (1 - p); identity when p == 0 or not train.
     x (...), p in [0, 1), rng a numpy.random.Generator  ->  out (...), cache
-    When dropout is off, out is x itself (no copy).
+    When dropout is off, out is x itself (no copy) and the cache is None.
     """
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout p={p} is out of range: expected 0 <= p < 1")
+    _check_p(p)
     if not train or p == 0:
         return x, None
     p = float(p)                                                 # a NumPy float64 p would turn float32 x into float64
     xp = get_xp(x)
     keep = xp.asarray(rng.random(x.shape) >= p)                  # (...) bool, True with probability 1 - p
     mask = keep.astype(x.dtype) / (1 - p)                        # (...) 0 or 1 / (1 - p), in x's dtype
-    return x * mask, mask
+    return x * mask, DropoutCache(mask)
 
 
 def dropout_backward(dout, cache):
     """dout (...) -> dx (...): the forward's mask again (dout itself when dropout was off)."""
-    mask = cache
-    if mask is None:
+    if cache is None:
         return dout
-    return dout * mask                                           # undoes out = x * mask
+    return dout * cache.mask                                     # undoes out = x * mask
+
+
+def _check_p(p):
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout p={p} is out of range: expected 0 <= p < 1")

@@ -23,6 +23,8 @@ into the (V, C) gradient. On (8, 256) ids, V=5000, C=256 this takes 1.5 ms again
 (V=50257, C=768).
 bincount accumulates in float64; the result is stored in dout's dtype.
 """
+from typing import Any, NamedTuple
+
 from minigpt.backend import get_xp, is_integer_array
 
 
@@ -37,6 +39,12 @@ def check_ids(ids, n, what="token id", limit="V"):
         raise ValueError(f"{what} {int(bad[0])} is out of range: expected 0 <= id < {limit} = {n}")
 
 
+class EmbeddingCache(NamedTuple):
+    """What embedding_backward needs: the looked-up ids and how many rows the table has."""
+    ids: Any                                                     # (B, T) int, on the table's device
+    n_rows: int                                                  # V (or P for a position table)
+
+
 def embedding_forward(ids, weight):
     """Look up one row of weight per id.
     ids int (B, T) (any shape), weight (V, C)  ->  out (B, T, C), cache for embedding_backward
@@ -44,7 +52,7 @@ def embedding_forward(ids, weight):
     ids = get_xp(weight).asarray(ids)                            # the ids on weight's device
     check_ids(ids, weight.shape[0])
     out = weight[ids]                                            # (B, T, C)
-    return out, (ids, weight.shape[0])
+    return out, EmbeddingCache(ids, weight.shape[0])
 
 
 def embedding_backward(dout, cache):

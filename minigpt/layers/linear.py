@@ -17,24 +17,25 @@ reaches the loss (the chain rule sums over paths):
         db[j] = sum_n dout[n, j]                             db = dout.sum(0)     (Cout,)
 A quick check on any such formula: each gradient has the shape of what it differentiates.
 """
+from typing import Any, NamedTuple
+
+
+class LinearCache(NamedTuple):
+    """What linear_backward needs: the input, the weight, and whether there was a bias."""
+    x: Any                                           # (..., Cin)
+    w: Any                                           # (Cin, Cout)
+    has_bias: bool
 
 
 def linear_forward(x, w, b=None):
     """out = x @ w + b.
     x (..., Cin), w (Cin, Cout), b (Cout,) or None  ->  out (..., Cout), cache for linear_backward
     """
-    if w.ndim != 2 or x.shape[-1] != w.shape[0]:
-        raise ValueError(f"linear: x has shape {x.shape} and w has shape {w.shape}; "
-                         f"expected x (..., Cin) and w (Cin, Cout) with the same Cin")
-    if b is not None and b.shape != (w.shape[1],):
-        raise ValueError(f"linear: b has shape {b.shape}, expected ({w.shape[1]},) for w of shape {w.shape}")
-    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
-        raise ValueError(f"linear: x, w, b must share one dtype (a mix would silently upcast), got "
-                         f"{x.dtype}, {w.dtype}, {None if b is None else b.dtype}")
+    _check_inputs(x, w, b)
     out = x @ w                                      # (..., Cout)
     if b is not None:
         out = out + b                                # (..., Cout) b broadcasts over the leading dims
-    return out, (x, w, b is not None)
+    return out, LinearCache(x, w, b is not None)
 
 
 def linear_backward(dout, cache):
@@ -46,3 +47,14 @@ def linear_backward(dout, cache):
     dw = x2.T @ dout2                                # (Cin, Cout)      undoes out = x @ w, for w, summed over N
     db = dout2.sum(axis=0) if has_bias else None     # (Cout,)          undoes the broadcast of b over N
     return dx, dw, db
+
+
+def _check_inputs(x, w, b):
+    if w.ndim != 2 or x.shape[-1] != w.shape[0]:
+        raise ValueError(f"linear: x has shape {x.shape} and w has shape {w.shape}; "
+                         f"expected x (..., Cin) and w (Cin, Cout) with the same Cin")
+    if b is not None and b.shape != (w.shape[1],):
+        raise ValueError(f"linear: b has shape {b.shape}, expected ({w.shape[1]},) for w of shape {w.shape}")
+    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+        raise ValueError(f"linear: x, w, b must share one dtype (a mix would silently upcast), got "
+                         f"{x.dtype}, {w.dtype}, {None if b is None else b.dtype}")

@@ -34,15 +34,8 @@ def cross_entropy(logits, targets, ignore_index=-100, loss_mask=None):
     ->  loss (a Python float), dlogits (same shape and dtype as logits)
     A token is counted when its target != ignore_index and (when given) its loss_mask is nonzero.
     """
+    _check_targets(logits, targets, loss_mask)
     xp = get_xp(logits)
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets have shape {targets.shape} but logits have shape "
-                         f"{logits.shape}; expected targets of shape {logits.shape[:-1]}")
-    if not is_integer_array(targets):
-        raise ValueError(f"cross_entropy: targets must be an integer array, got dtype {targets.dtype}")
-    if loss_mask is not None and loss_mask.shape != targets.shape:
-        raise ValueError(f"cross_entropy: loss_mask has shape {loss_mask.shape}, "
-                         f"expected the targets' shape {targets.shape}")
     V = logits.shape[-1]
     z = logits.reshape(-1, V)                                    # (N, V)
     y = xp.asarray(targets).reshape(-1)                          # (N,) on the logits' device
@@ -50,12 +43,7 @@ def cross_entropy(logits, targets, ignore_index=-100, loss_mask=None):
     if loss_mask is not None:
         counted &= xp.asarray(loss_mask).reshape(-1) != 0
     n = int(counted.sum())
-    if n == 0:
-        raise ValueError(f"cross_entropy: no counted tokens (every target is ignore_index={ignore_index} "
-                         f"or masked out by loss_mask); the mean loss is undefined")
-    bad = y[counted & ((y < 0) | (y >= V))]
-    if bad.size:
-        raise ValueError(f"cross_entropy: target {int(bad[0])} is out of range: expected 0 <= target < V = {V}")
+    _check_counted(y, counted, n, V, ignore_index)
     y = xp.where(counted, y, 0)                                  # (N,) uncounted rows point at class 0; their weight is 0 below
     rows = xp.arange(y.size)                                     # (N,)
     shifted = z - z.max(axis=-1, keepdims=True)                  # (N, V) largest logit 0: exp cannot overflow
@@ -67,3 +55,25 @@ def cross_entropy(logits, targets, ignore_index=-100, loss_mask=None):
     dz[rows, y] -= 1                                             # (N, V) p - one_hot(y)
     dz *= (counted.astype(z.dtype) / n)[:, None]                 # (N, V) mean over counted rows, zero for the others
     return loss, dz.reshape(logits.shape)                        # (B, T, V) or (N, V), like logits
+
+
+def _check_targets(logits, targets, loss_mask):
+    """A ValueError unless targets (and loss_mask) are integer arrays of the logits' leading shape."""
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets have shape {targets.shape} but logits have shape "
+                         f"{logits.shape}; expected targets of shape {logits.shape[:-1]}")
+    if not is_integer_array(targets):
+        raise ValueError(f"cross_entropy: targets must be an integer array, got dtype {targets.dtype}")
+    if loss_mask is not None and loss_mask.shape != targets.shape:
+        raise ValueError(f"cross_entropy: loss_mask has shape {loss_mask.shape}, "
+                         f"expected the targets' shape {targets.shape}")
+
+
+def _check_counted(y, counted, n, V, ignore_index):
+    """A ValueError unless some token is counted (n > 0) and every counted target is a class in [0, V)."""
+    if n == 0:
+        raise ValueError(f"cross_entropy: no counted tokens (every target is ignore_index={ignore_index} "
+                         f"or masked out by loss_mask); the mean loss is undefined")
+    bad = y[counted & ((y < 0) | (y >= V))]
+    if bad.size:
+        raise ValueError(f"cross_entropy: target {int(bad[0])} is out of range: expected 0 <= target < V = {V}")

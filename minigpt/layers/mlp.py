@@ -25,8 +25,18 @@ Backward. The product rule splits da between the two branches:
 and x, used by both projections, sums the gradients of both:
     dx = dg @ w_gate.T + du @ w_up.T,   dw_gate = x.T @ dg,   dw_up = x.T @ du
 """
+from typing import Any, NamedTuple
+
 from minigpt.layers.activations import get_activation
 from minigpt.layers.linear import linear_backward, linear_forward
+
+
+class MLPCache(NamedTuple):
+    """What mlp_backward needs: each step's cache, and the activation's name (its backward is looked up)."""
+    up_cache: Any                                                # linear: h = x @ w_up + b_up
+    activation: str                                              # a name in activations.ACTIVATIONS
+    act_cache: Any                                               # activation: a = act(h)
+    down_cache: Any                                              # linear: out = a @ w_down + b_down
 
 
 def mlp_forward(x, w_up, b_up, w_down, b_down, activation="gelu_tanh"):
@@ -34,41 +44,52 @@ def mlp_forward(x, w_up, b_up, w_down, b_down, activation="gelu_tanh"):
     x (B, T, C), w_up (C, F), b_up (F,) or None, w_down (F, C), b_down (C,) or None  ->  out (B, T, C), cache
     activation: a name in activations.ACTIVATIONS.
     """
-    act_forward, act_backward = get_activation(activation)
+    act_forward, _ = get_activation(activation)
     h, up_cache = linear_forward(x, w_up, b_up)                  # (B, T, F)
     a, act_cache = act_forward(h)                                # (B, T, F)
     out, down_cache = linear_forward(a, w_down, b_down)          # (B, T, C)
-    return out, (up_cache, act_backward, act_cache, down_cache)
+    return out, MLPCache(up_cache, activation, act_cache, down_cache)
 
 
 def mlp_backward(dout, cache):
     """dout (B, T, C) -> dx (B, T, C), dw_up (C, F), db_up (F,), dw_down (F, C), db_down (C,) (biases: None if absent)."""
-    up_cache, act_backward, act_cache, down_cache = cache
-    da, dw_down, db_down = linear_backward(dout, down_cache)     # (B, T, F)  undoes out = a @ w_down + b_down
-    dh = act_backward(da, act_cache)                             # (B, T, F)  undoes a = act(h)
-    dx, dw_up, db_up = linear_backward(dh, up_cache)             # (B, T, C)  undoes h = x @ w_up + b_up
+    _, act_backward = get_activation(cache.activation)
+    da, dw_down, db_down = linear_backward(dout, cache.down_cache)   # (B, T, F)  undoes out = a @ w_down + b_down
+    dh = act_backward(da, cache.act_cache)                           # (B, T, F)  undoes a = act(h)
+    dx, dw_up, db_up = linear_backward(dh, cache.up_cache)           # (B, T, C)  undoes h = x @ w_up + b_up
     return dx, dw_up, db_up, dw_down, db_down
+
+
+class GatedMLPCache(NamedTuple):
+    """What gated_mlp_backward needs: each step's cache, the activation's name, and the two factors of a."""
+    gate_cache: Any                                              # linear: g = x @ w_gate
+    up_cache: Any                                                # linear: u = x @ w_up
+    activation: str                                              # a name in activations.ACTIVATIONS
+    act_cache: Any                                               # activation: act_g = act(g)
+    act_g: Any                                                   # (B, T, F) act(g), the gate
+    u: Any                                                       # (B, T, F) x @ w_up, the gated value
+    down_cache: Any                                              # linear: out = a @ w_down
 
 
 def gated_mlp_forward(x, w_gate, w_up, w_down, activation="silu"):
     """out = (act(x @ w_gate) * (x @ w_up)) @ w_down: SwiGLU with "silu", GeGLU with "gelu" or "gelu_tanh".
     x (B, T, C), w_gate (C, F), w_up (C, F), w_down (F, C)  ->  out (B, T, C), cache
     """
-    act_forward, act_backward = get_activation(activation)
+    act_forward, _ = get_activation(activation)
     g, gate_cache = linear_forward(x, w_gate)                    # (B, T, F)
     u, up_cache = linear_forward(x, w_up)                        # (B, T, F)
     act_g, act_cache = act_forward(g)                            # (B, T, F)
     a = act_g * u                                                # (B, T, F)
     out, down_cache = linear_forward(a, w_down)                  # (B, T, C)
-    return out, (gate_cache, up_cache, act_backward, act_cache, act_g, u, down_cache)
+    return out, GatedMLPCache(gate_cache, up_cache, activation, act_cache, act_g, u, down_cache)
 
 
 def gated_mlp_backward(dout, cache):
     """dout (B, T, C) -> dx (B, T, C), dw_gate (C, F), dw_up (C, F), dw_down (F, C)."""
-    gate_cache, up_cache, act_backward, act_cache, act_g, u, down_cache = cache
-    da, dw_down, _ = linear_backward(dout, down_cache)           # (B, T, F)  undoes out = a @ w_down
-    du = da * act_g                                              # (B, T, F)  undoes a = act_g * u, for u
-    dg = act_backward(da * u, act_cache)                         # (B, T, F)  ... for act_g, then undoes act_g = act(g)
-    dx_up, dw_up, _ = linear_backward(du, up_cache)              # (B, T, C)  undoes u = x @ w_up
-    dx_gate, dw_gate, _ = linear_backward(dg, gate_cache)        # (B, T, C)  undoes g = x @ w_gate
+    _, act_backward = get_activation(cache.activation)
+    da, dw_down, _ = linear_backward(dout, cache.down_cache)     # (B, T, F)  undoes out = a @ w_down
+    du = da * cache.act_g                                        # (B, T, F)  undoes a = act_g * u, for u
+    dg = act_backward(da * cache.u, cache.act_cache)             # (B, T, F)  ... for act_g, then undoes act_g = act(g)
+    dx_up, dw_up, _ = linear_backward(du, cache.up_cache)        # (B, T, C)  undoes u = x @ w_up
+    dx_gate, dw_gate, _ = linear_backward(dg, cache.gate_cache)  # (B, T, C)  undoes g = x @ w_gate
     return dx_gate + dx_up, dw_gate, dw_up, dw_down              # x fed both projections: the gradients add

@@ -27,16 +27,28 @@ RMSNorm (Zhang and Sennrich 2019) drops the mean and the shift:
 and, with g = dout * w, the same derivation without the mean term gives
     d xhat[c] / d x[k] = rstd * ([c == k] - xhat[c] xhat[k] / C)
     dx = rstd * (g - xhat * mean(g * xhat)),     dw = sum_n dout[n] * xhat[n]
+
+QK-norm (Qwen3) is RMSNorm applied to every query vector and every key vector of every head, over
+the head dimension D, right after the q/k projections and before RoPE. One learned scale q_w (D,) is
+shared by all query heads, one k_w (D,) by all key heads (extra letters: H query heads, Hkv key/value
+heads, S key positions, D head dim). Why: an attention logit is q . k / sqrt(D). Without the norm it
+grows with the lengths of q and k; when those drift up in training, the softmax turns one-hot and
+training can diverge (Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion Parameters",
+normalized q and k with LayerNorm against exactly this). After the norm every q and k vector has root
+mean square at most 1 before its scale, so |q . k| / sqrt(D) <= sqrt(D) * max|q_w| * max|k_w|: the
+logits can only grow through the two small weight vectors. RoPE only rotates, so the bound holds after it.
+Nothing new to derive: it IS rmsnorm_forward / rmsnorm_backward on the last axis of q and of k.
 """
+from typing import Any, NamedTuple
+
 from minigpt.backend import get_xp
 
 
-def _check_param(name, p, x):
-    if p.shape != (x.shape[-1],):
-        raise ValueError(f"{name} has shape {p.shape}, expected ({x.shape[-1]},) for x of shape {x.shape}")
-    if p.dtype != x.dtype:
-        raise ValueError(f"{name} has dtype {p.dtype} but x has dtype {x.dtype}: they must match "
-                         f"(a mix would silently upcast)")
+class LayerNormCache(NamedTuple):
+    """What layernorm_backward needs: the normalized input, the scale, and 1 / std."""
+    xhat: Any                                                    # (B, T, C) (x - mean) * rstd
+    w: Any                                                       # (C,)
+    rstd: Any                                                    # (B, T, 1)
 
 
 def layernorm_forward(x, w, b, eps=1e-5):
@@ -53,7 +65,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     rstd = 1.0 / xp.sqrt(var + eps)                              # (B, T, 1)
     xhat = xc * rstd                                             # (B, T, C)
     out = xhat * w + b                                           # (B, T, C)
-    return out, (xhat, w, rstd)
+    return out, LayerNormCache(xhat, w, rstd)
 
 
 def layernorm_backward(dout, cache):
@@ -68,17 +80,25 @@ def layernorm_backward(dout, cache):
     return dx, dw, db
 
 
-def rmsnorm_forward(x, w, eps=1e-6):
+class RMSNormCache(NamedTuple):
+    """What rmsnorm_backward needs: the normalized input, the scale, and 1 / rms."""
+    xhat: Any                                                    # (B, T, C) x * rstd
+    w: Any                                                       # (C,)
+    rstd: Any                                                    # (B, T, 1)
+
+
+def rmsnorm_forward(x, w, eps=1e-6, *, w_name="rmsnorm w"):
     """Divide each C-vector of x by its root mean square, then scale.
     x (B, T, C), w (C,)  ->  out (B, T, C), cache for rmsnorm_backward
+    w_name: what an error message calls w (qk_norm_forward passes "qk_norm q_w" and "qk_norm k_w").
     """
-    _check_param("rmsnorm w", w, x)
+    _check_param(w_name, w, x)
     eps = float(eps)                                             # as in layernorm_forward: keep float32 float32
     xp = get_xp(x)
     rstd = 1.0 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)   # (B, T, 1)
     xhat = x * rstd                                              # (B, T, C)
     out = xhat * w                                               # (B, T, C)
-    return out, (xhat, w, rstd)
+    return out, RMSNormCache(xhat, w, rstd)
 
 
 def rmsnorm_backward(dout, cache):
@@ -88,3 +108,47 @@ def rmsnorm_backward(dout, cache):
     g = dout * w                                                 # (B, T, C)  undoes xhat * w, for xhat
     dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))  # (B, T, C) undoes x * rstd
     return dx, dw
+
+
+class QKNormCache(NamedTuple):
+    """What qk_norm_backward needs: the RMSNorm caches of the queries and of the keys."""
+    q_cache: RMSNormCache                                        # xhat (B, H, T, D), q_w (D,), rstd (B, H, T, 1)
+    k_cache: RMSNormCache                                        # xhat (B, Hkv, S, D), k_w (D,), rstd (B, Hkv, S, 1)
+
+
+def qk_norm_forward(q, k, q_w, k_w, eps=1e-6):
+    """Qwen3's QK-norm: RMSNorm of every query and key vector over its head dim D, scales shared by all heads.
+    q (B, H, T, D), k (B, Hkv, S, D), q_w (D,), k_w (D,)  ->  q_out (B, H, T, D), k_out (B, Hkv, S, D), cache
+    """
+    _check_qk(q, k)
+    q_out, q_cache = rmsnorm_forward(q, q_w, eps, w_name="qk_norm q_w")    # (B, H, T, D)   each (b, h, t) on its own
+    k_out, k_cache = rmsnorm_forward(k, k_w, eps, w_name="qk_norm k_w")    # (B, Hkv, S, D)
+    return q_out, k_out, QKNormCache(q_cache, k_cache)
+
+
+def qk_norm_backward(dq_out, dk_out, cache):
+    """dq_out (B, H, T, D), dk_out (B, Hkv, S, D) -> dq (B, H, T, D), dk (B, Hkv, S, D), dq_w (D,), dk_w (D,).
+    dq_w sums over every query vector of every head (all share q_w); dk_w likewise over the keys.
+    """
+    dq, dq_w = rmsnorm_backward(dq_out, cache.q_cache)          # (B, H, T, D), (D,)    undoes q_out
+    dk, dk_w = rmsnorm_backward(dk_out, cache.k_cache)          # (B, Hkv, S, D), (D,)  undoes k_out
+    return dq, dk, dq_w, dk_w
+
+
+def _check_param(name, p, x):
+    if p.shape != (x.shape[-1],):
+        raise ValueError(f"{name} has shape {p.shape}, expected ({x.shape[-1]},) for x of shape {x.shape}")
+    if p.dtype != x.dtype:
+        raise ValueError(f"{name} has dtype {p.dtype} but x has dtype {x.dtype}: they must match "
+                         f"(a mix would silently upcast)")
+
+
+def _check_qk(q, k):
+    """q and k split into heads, with one head dim and one dtype (rmsnorm_forward checks q_w and k_w)."""
+    if q.ndim != 4 or k.ndim != 4:
+        raise ValueError(f"qk_norm: q and k must be (B, H, T, D) and (B, Hkv, S, D), got {q.shape} and {k.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"qk_norm: q {q.shape} has head dim D={q.shape[-1]} but k {k.shape} has "
+                         f"D={k.shape[-1]}; expected the same D")
+    if q.dtype != k.dtype:
+        raise ValueError(f"qk_norm: q has dtype {q.dtype} but k has dtype {k.dtype}: they must match")

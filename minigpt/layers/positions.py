@@ -29,9 +29,10 @@ The sum passes dout unchanged to both lookups, so each table gets its own scatte
     dwpe = scatter_add(position_ids, dout),  dwbpe = scatter_add(block_position_ids, dout)
 """
 import math
+from typing import NamedTuple
 
 from minigpt.backend import get_xp, is_integer_array
-from minigpt.layers.embedding import check_ids, embedding_backward
+from minigpt.layers.embedding import EmbeddingCache, check_ids, embedding_backward
 
 
 def sinusoidal_encoding(positions, C, dtype="float32"):
@@ -51,14 +52,16 @@ def sinusoidal_encoding(positions, C, dtype="float32"):
     return pe
 
 
-def learned_position_forward(position_ids, wpe):
+def learned_position_forward(position_ids, wpe, *, what="position id"):
     """Look up one learned position vector per position id.
     position_ids int (T,) or (B, T), wpe (P, C)  ->  out (T, C) or (B, T, C), cache
+    It is an embedding lookup, so its cache is an EmbeddingCache (ids = position_ids, n_rows = P).
+    what: how an error names an id ("block position id" for GLM's second table).
     """
     position_ids = get_xp(wpe).asarray(position_ids)
-    check_ids(position_ids, wpe.shape[0], what="position id", limit="max_seq_len")
+    check_ids(position_ids, wpe.shape[0], what=what, limit="max_seq_len")
     out = wpe[position_ids]                                      # (B, T, C)
-    return out, (position_ids, wpe.shape[0])
+    return out, EmbeddingCache(position_ids, wpe.shape[0])
 
 
 def learned_position_backward(dout, cache):
@@ -66,24 +69,33 @@ def learned_position_backward(dout, cache):
     return embedding_backward(dout, cache)                       # undoes out = wpe[position_ids]
 
 
+class GlmPositionCache(NamedTuple):
+    """What glm_position_backward needs: the caches of the two lookups."""
+    pos_cache: EmbeddingCache                                    # wpe[position_ids]
+    block_cache: EmbeddingCache                                  # wbpe[block_position_ids]
+
+
 def glm_position_forward(position_ids, block_position_ids, wpe, wbpe):
     """GLM's 2D positions: wpe[position_ids] + wbpe[block_position_ids].
     position_ids, block_position_ids int (B, T) (or (T,)), wpe (P, C), wbpe (P, C)  ->  out (B, T, C), cache
     """
+    _check_glm_positions(position_ids, block_position_ids, wpe, wbpe)
+    pos, pos_cache = learned_position_forward(position_ids, wpe)                # (B, T, C)
+    block, block_cache = learned_position_forward(block_position_ids, wbpe, what="block position id")  # (B, T, C)
+    return pos + block, GlmPositionCache(pos_cache, block_cache)
+
+
+def glm_position_backward(dout, cache):
+    """dout (B, T, C) -> dwpe (P, C), dwbpe (P, C)."""
+    dwpe = learned_position_backward(dout, cache.pos_cache)      # the sum hands dout to both lookups
+    dwbpe = learned_position_backward(dout, cache.block_cache)
+    return dwpe, dwbpe
+
+
+def _check_glm_positions(position_ids, block_position_ids, wpe, wbpe):
     if position_ids.shape != block_position_ids.shape:
         raise ValueError(f"glm positions: position_ids has shape {position_ids.shape} but "
                          f"block_position_ids has shape {block_position_ids.shape}; expected the same")
     if wpe.shape[1:] != wbpe.shape[1:]:
         raise ValueError(f"glm positions: wpe has shape {wpe.shape} but wbpe has shape {wbpe.shape}; "
                          f"expected the same C")
-    pos, pos_cache = learned_position_forward(position_ids, wpe)                # (B, T, C)
-    block, block_cache = learned_position_forward(block_position_ids, wbpe)     # (B, T, C)
-    return pos + block, (pos_cache, block_cache)
-
-
-def glm_position_backward(dout, cache):
-    """dout (B, T, C) -> dwpe (P, C), dwbpe (P, C)."""
-    pos_cache, block_cache = cache
-    dwpe = learned_position_backward(dout, pos_cache)            # the sum hands dout to both lookups
-    dwbpe = learned_position_backward(dout, block_cache)
-    return dwpe, dwbpe

@@ -14,7 +14,15 @@ so, summing over i against dout:
     dx[j] = sum_i dout[i] y[i] ([i == j] - y[j]) = y[j] (dout[j] - sum_i dout[i] y[i])
 Only y is needed, so the forward caches its output.
 """
+from typing import Any, NamedTuple
+
 from minigpt.backend import get_xp
+
+
+class SoftmaxCache(NamedTuple):
+    """What softmax_backward needs: the output and the axis it ran along."""
+    y: Any                                                       # (..., K) the probabilities
+    axis: int
 
 
 def softmax_forward(x, axis=-1):
@@ -22,7 +30,7 @@ def softmax_forward(x, axis=-1):
     xp = get_xp(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))              # (..., K) largest entry exp(0) = 1
     y = e / e.sum(axis=axis, keepdims=True)                      # (..., K)
-    return y, (y, axis)
+    return y, SoftmaxCache(y, axis)
 
 
 def softmax_backward(dout, cache):
