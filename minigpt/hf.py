@@ -62,9 +62,9 @@ _BUFFERS = re.compile(r"(\.attn\.(bias|masked_bias)|\.rotary_emb\.inv_freq)$")
 
 
 def _hf_name(table, ours):
-    """The first HF name that a table maps to our name; ours itself when none does (so a config the
-    family cannot express still writes, and reading it back names the problem)."""
-    return next((hf for hf, mine in table.items() if mine == ours), ours)
+    """The first HF name that a table maps to our name. When the family cannot express ours, its first
+    name: the config still writes, and reading it back shows the difference (see family_of)."""
+    return next((hf for hf, mine in table.items() if mine == ours), next(iter(table)))
 
 
 # ---------------------------------------------------------------------------------------------
