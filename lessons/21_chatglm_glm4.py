@@ -191,7 +191,7 @@ def glm_forward(p, cfg, ids, pos, block_pos=None, sep=None):
         mask[:, :sep] = True                                                     # the prefix is seen by everyone
 
     def norm(x, key):
-        if cfg.norm == "layernorm":
+        if cfg.norm_has_bias:                                                    # LayerNorm (ChatGLM-6B)
             mu = x.mean(axis=-1, keepdims=True)
             var = ((x - mu) * (x - mu)).mean(axis=-1, keepdims=True)
             return (x - mu) / np.sqrt(var + cfg.norm_eps) * p[key + ".w"] + p[key + ".b"]
@@ -210,7 +210,7 @@ def glm_forward(p, cfg, ids, pos, block_pos=None, sep=None):
         q = heads(h @ w["attn.wq"] + w["attn.bq"], H)                            # (B, H, T, D) both have a qkv bias
         k = heads(h @ w["attn.wk"] + w["attn.bk"], Hkv)                          # (B, Hkv, T, D)
         v = heads(h @ w["attn.wv"] + w["attn.bv"], Hkv)                          # (B, Hkv, T, D)
-        if cfg.positions == "rope2d":
+        if cfg.rotary == "rope2d":
             q, k = (rope_2d(t, pos, block_pos, cfg.rope_theta) for t in (q, k))
         else:
             q, k = (rope_partial_interleaved(t, pos, cfg.rope_theta) for t in (q, k))
