@@ -203,6 +203,58 @@ def test_model_gpt3_odd_layers_are_banded():
     assert np.all(np.abs(banded_out[:, window:] - dense_out[:, window:]).max(axis=-1) > 1e-8)
 
 
+def test_model_mistral_sliding_window_limits_the_reach():
+    """Each layer sees the last W positions, so L layers reach L*(W-1) positions back: a change at
+    position 0 reaches outputs 0..L*(W-1) and no further."""
+    model = Model(tiny("mistral"), seed=0, dtype="float64")
+    move_off_init(model)
+    L, W = model.config.n_layer, model.config.attn_window
+    reach = L * (W - 1)
+    assert reach + 1 < T
+    ids, _ = batch()
+    changed = ids.copy()
+    changed[:, 0] = (ids[:, 0] + 1) % 50
+    diff = np.abs(model.forward(ids) - model.forward(changed)).max(axis=(0, 2))    # (T,) per position
+    assert np.all(diff[:reach + 1] > 1e-8) and np.all(diff[reach + 1:] == 0), diff
+
+
+def test_model_qwen3_qk_norm_makes_scores_scale_free():
+    """QK-norm divides each head's q and k by their RMS: scaling wq and wk changes nothing (up to eps),
+    while without QK-norm the same scaling sharpens the softmax and changes the logits."""
+    for qk_norm, changes in ((True, False), (False, True)):
+        model = Model(tiny("qwen3", qk_norm=qk_norm, norm_eps=1e-12), seed=0, dtype="float64")
+        move_off_init(model)
+        ids, _ = batch()
+        before = model.forward(ids)
+        for i in range(model.config.n_layer):
+            model.params[f"blocks.{i}.attn.wq"] *= 7.0
+            model.params[f"blocks.{i}.attn.wk"] *= 3.0
+        after = model.forward(ids)
+        assert (not np.allclose(after, before, rtol=0, atol=1e-9)) == changes, qk_norm
+
+
+def test_model_init_draws_the_same_streams_as_name_based_init():
+    """param_specs' init column gives the numbers the earlier rule gave (ones for norm scales, zeros for
+    biases and norm shifts, N(0, std) drawn in key order, std / sqrt(2L) for wo and w_down under
+    scaled_residual_init): same seed, same model."""
+    for name in sorted(FAMILIES):
+        cfg = tiny(name)
+        rng, expected = np.random.default_rng(5), {}
+        for key, shape in param_shapes(cfg).items():
+            leaf = key.rsplit(".", 1)[-1]
+            if "norm" in key:
+                expected[key] = np.ones(shape) if leaf == "w" else np.zeros(shape)
+            elif leaf in ("bq", "bk", "bv", "bo", "b_up", "b_down"):
+                expected[key] = np.zeros(shape)
+            else:
+                residual = cfg.scaled_residual_init and leaf in ("wo", "w_down")
+                expected[key] = rng.standard_normal(shape) * (cfg.init_std / np.sqrt(2 * cfg.n_layer) if residual
+                                                              else cfg.init_std)
+        model = Model(cfg, seed=5, dtype="float64")
+        for key, value in expected.items():
+            np.testing.assert_array_equal(model.params[key], value, err_msg=f"{name} {key}")
+
+
 def test_model_default_positions_are_arange_and_block_zero():
     model = Model(tiny("chatglm"), seed=0, dtype="float64")
     ids, _ = batch()
