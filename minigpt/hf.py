@@ -47,6 +47,7 @@ from safetensors.numpy import save_file
 
 from minigpt.backend import resolve_dtype, to_numpy
 from minigpt.config import TRAINING_FIELDS, ModelConfig, check_tensor_set, param_shapes
+from minigpt.files import read_json_object
 from minigpt.model import Model
 
 # Activation names. transformers' ACT2FN: "gelu" is the exact erf GELU, "gelu_new" and
@@ -409,18 +410,6 @@ def to_hf_state_dict(config, tensors):
 # reading files: every error names the file
 # ---------------------------------------------------------------------------------------------
 
-def _read_json(path):
-    """The dict in a JSON file, or a ValueError naming the file and what is wrong with it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot be read as JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object {{...}}, found a {type(value).__name__}")
-    return value
-
-
 def _read_bf16(path, names):
     """bfloat16 tensors (NumPy has no bfloat16): a bf16 number is the top 16 bits of a float32."""
     with open(path, "rb") as f:
@@ -458,7 +447,7 @@ def _checkpoint_files(path):
     if os.path.exists(single):
         return [single]
     if os.path.exists(index):
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: expected a \"weight_map\" object of tensor name -> file name")
         files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
@@ -497,7 +486,7 @@ def _read_config(path):
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise ValueError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
-    hf = _read_json(config_path)
+    hf = read_json_object(config_path)
     try:
         config = config_from_hf(hf)
     except (ValueError, TypeError) as err:  # TypeError: a field of the wrong type ("n_embd": "32")

@@ -57,7 +57,7 @@ def test_load_corpus_empty(tmp_path):
 def test_load_corpus_not_utf8_names_file_and_offset(tmp_path):
     (tmp_path / "ok.txt").write_text("fine", encoding="utf-8")
     (tmp_path / "latin1.txt").write_bytes("abc caf\xe9!".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte offset 7 \(bytes e9 21\)"):
+    with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text: byte offset 7 \(bytes e9 21\)"):
         load_corpus(tmp_path)
 
 

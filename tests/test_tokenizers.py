@@ -467,7 +467,7 @@ def test_bad_file_not_utf8(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café".encode("latin-1"))
     for make in (BPETokenizer.train, lambda p, n: CharTokenizer.from_text(p)):
-        with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte offset 3"):
+        with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text: byte offset 3"):
             make(path, 300)
 
 
@@ -496,3 +496,188 @@ def test_decode_bad_ids_name_the_id(tok):
 def test_bpe_surrogate_is_a_value_error(bpe):
     with pytest.raises(ValueError, match="surrogates not allowed"):
         bpe.encode("a\ud800b")
+
+
+# ---------------------------------------------------------------- bad tokenizer files
+def edit_json(change):
+    """A file edit: parse the JSON, let change(spec) edit it in place, write it back."""
+    def edit(data):
+        spec = json.loads(data)
+        change(spec)
+        return json.dumps(spec, ensure_ascii=False).encode("utf-8")
+    return edit
+
+
+def replace_json(make):
+    """A file edit: parse the JSON, write make(spec) instead."""
+    return lambda data: json.dumps(make(json.loads(data)), ensure_ascii=False).encode("utf-8")
+
+
+def cut_at(fraction):
+    """A file edit: truncate at the first comma after that fraction of the file (never inside a character)."""
+    return lambda data: data[:data.index(b",", int(len(data) * fraction))]
+
+
+def edit_lines(change):
+    """A file edit on the lines of merges.txt: change(lines) edits the list in place."""
+    def edit(data):
+        lines = data.decode("utf-8").split("\n")
+        change(lines)
+        return "\n".join(lines).encode("utf-8")
+    return edit
+
+
+def cut_inside_last_character(data):
+    """The file cut between the two bytes of its last "Ġ" (U+0120, UTF-8 c4 a0): truncated mid-character."""
+    return data[:data.rindex("Ġ".encode("utf-8")) + 1]
+
+
+def cut_after_first_token_of_last_line(data):
+    """The file cut just before the space of its last merge line: the line keeps only one token."""
+    return data[:data.rstrip(b"\n").rindex(b" ")]
+
+
+GARBAGE = bytes([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0xFF, 0xFE, 0x80]) * 8
+NOT_UTF8 = (r"not UTF-8 text: byte offset \d+", UnicodeDecodeError)
+NOT_JSON = (r"not valid JSON: .* \(line \d+, column \d+\)", json.JSONDecodeError)
+TRUNCATED_JSON = (r"not valid JSON: .*is the file truncated\?", json.JSONDecodeError)
+
+
+def second_token_unknown(spec):
+    spec["model"]["merges"][0] = ["Ġ", "zzqqxx"]
+
+
+def duplicate_id(spec):
+    vocab = spec["model"]["vocab"]
+    vocab["zzqqxx"] = vocab["a"]
+
+
+@pytest.mark.parametrize("edit, match, cause", [
+    (cut_at(0.5), *TRUNCATED_JSON),
+    (lambda data: data.rstrip()[:-1], *TRUNCATED_JSON),
+    (lambda data: GARBAGE, *NOT_UTF8),
+    (lambda data: b"", "the file is empty", None),
+    (lambda data: b"vocab: {a: 1}", *NOT_JSON),
+    (replace_json(lambda spec: [spec]), "a tokenizer.json must be a JSON object .*got a JSON array", None),
+    (edit_json(lambda spec: spec.pop("model")), 'no "model"', None),
+    (replace_json(lambda spec: {**spec, "model": ["BPE"]}), '"model" must be a JSON object .*got a JSON array', None),
+    (edit_json(lambda spec: spec["model"].pop("vocab")), 'the model has no "vocab"', None),
+    (edit_json(lambda spec: spec["model"].update(vocab=["a", "b"])), '"vocab" must be a JSON object', None),
+    (edit_json(lambda spec: spec["model"]["vocab"].update(a="3")),
+     "the id of 'a' must be an integer id, got the string '3'", None),
+    (edit_json(lambda spec: spec["model"]["vocab"].update(a=3.0)),
+     "the id of 'a' must be an integer id, got the number 3.0", None),
+    (edit_json(duplicate_id), r"id \d+ is given to two tokens, 'a' and 'zzqqxx'", None),
+    (edit_json(lambda spec: spec["model"]["vocab"].update(zzqqxx=100_000)),
+     r"token ids must be 0\.\.\d+ with none missing", None),
+    (edit_json(lambda spec: spec["model"].update(merges=[["Ġ", "t", "he"]])), r"merge 1 must be two tokens", None),
+    (edit_json(lambda spec: spec["model"].update(merges=["Ġt"])), r"merge 1 must be two tokens", None),
+    (edit_json(second_token_unknown),
+     r"merge 1 \('Ġ' 'zzqqxx'\): the second token 'zzqqxx' is not in the vocab", None),
+    (edit_json(lambda spec: spec["model"]["merges"].insert(0, ["好", "t"])), r"merge 1 .* outside GPT-2's byte map",
+     None),
+    (edit_json(lambda spec: spec.update(added_tokens={"<|endoftext|>": 1})), '"added_tokens" must be a JSON array',
+     None),
+    (edit_json(lambda spec: spec["added_tokens"][0].pop("id")), 'added token 0 has no "id"', None),
+])
+def test_bad_tokenizer_json_names_file_and_problem(saved, tmp_path, edit, match, cause):
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(edit((Path(saved) / "tokenizer.json").read_bytes()))
+    for read in (BPETokenizer.load, BPETokenizer.from_tokenizer_json, load):
+        with pytest.raises(ValueError, match=match) as info:
+            read(path)
+        assert str(info.value).startswith(f"{path}: "), str(info.value)
+        assert isinstance(info.value.__cause__, cause) if cause else info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("name, edit, match, cause", [
+    ("vocab.json", cut_at(0.3), *TRUNCATED_JSON),
+    ("vocab.json", lambda data: GARBAGE, *NOT_UTF8),
+    ("vocab.json", replace_json(lambda vocab: list(vocab)),
+     "the vocab must be a JSON object .*got a JSON array", None),
+    ("vocab.json", edit_json(lambda vocab: vocab.update(a=None)), "the id of 'a' must be an integer id, got null",
+     None),
+    ("vocab.json", edit_json(lambda vocab: vocab.update(a=True)), "the id of 'a' must be an integer id, got true",
+     None),
+    ("vocab.json", edit_json(lambda vocab: vocab.pop("Ġ")), r"token ids must be 0\.\.\d+ with none missing", None),
+    ("merges.txt", cut_after_first_token_of_last_line, r"merges.txt:\d+: a merge line is two tokens", None),
+    ("merges.txt", cut_inside_last_character, r"not UTF-8 text: .*\(unexpected end of data\)", UnicodeDecodeError),
+    ("merges.txt", lambda data: GARBAGE, *NOT_UTF8),
+    ("merges.txt", edit_lines(lambda lines: lines.insert(2, "Ġ t he")),
+     r"merges.txt:3: a merge line is two tokens separated by one space, got 'Ġ t he'", None),
+    ("merges.txt", edit_lines(lambda lines: lines.insert(2, "Ġt ")),
+     r"merges.txt:3: a merge line is two tokens", None),
+    ("merges.txt", edit_lines(lambda lines: lines.insert(2, "Ġ zzqqxx")),
+     r"merges.txt:3: merge \('Ġ' 'zzqqxx'\): the second token 'zzqqxx' is not in .*vocab.json", None),
+    ("merges.txt", edit_lines(lambda lines: lines.insert(2, "q z")),
+     r"merges.txt:3: merge \('q' 'z'\): the merged token 'qz' is not in .*vocab.json", None),
+])
+def test_bad_gpt2_files_name_file_and_problem(saved, tmp_path, name, edit, match, cause):
+    for file in ("vocab.json", "merges.txt"):
+        (tmp_path / file).write_bytes((Path(saved) / file).read_bytes())
+    path = tmp_path / name
+    path.write_bytes(edit(path.read_bytes()))
+    for read in (lambda: BPETokenizer.load(tmp_path), lambda: load(tmp_path),
+                 lambda: BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")):
+        with pytest.raises(ValueError, match=match) as info:
+            read()
+        assert str(info.value).startswith(str(path)), str(info.value)
+        assert isinstance(info.value.__cause__, cause) if cause else info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("missing", ["vocab.json", "merges.txt"])
+def test_missing_gpt2_file_is_named(saved, tmp_path, missing):
+    present = {"vocab.json": "merges.txt", "merges.txt": "vocab.json"}[missing]
+    (tmp_path / present).write_bytes((Path(saved) / present).read_bytes())
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / missing))}: no such file$") as info:
+        BPETokenizer.load(tmp_path)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_no_tokenizer_files_at_all(tmp_path):
+    with pytest.raises(ValueError, match="has neither tokenizer.json nor vocab.json"):
+        BPETokenizer.load(tmp_path)
+    for read in (BPETokenizer.load, CharTokenizer.load, load):
+        with pytest.raises(ValueError, match="no tokenizer at"):
+            read(tmp_path / "nothing_here.json")
+
+
+def test_bpe_constructor_errors_name_the_file(saved, tmp_path):
+    """What only the constructor checks (all 256 single bytes are tokens) still names the file."""
+    spec = json.loads((Path(saved) / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    del vocab[bytes_to_unicode()[0]]                    # byte 0, which no merge uses; renumber the ids after it
+    spec["model"]["vocab"] = {s: i for i, s in enumerate(sorted(vocab, key=vocab.get))}
+    for added in spec["added_tokens"]:
+        added["id"] = spec["model"]["vocab"][added["content"]]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"needs all 256 single bytes; missing byte\(s\) \[0\]") as info:
+        BPETokenizer.load(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert isinstance(info.value.__cause__, ValueError)   # the constructor's own message, kept as the cause
+
+
+@pytest.fixture
+def char_saved(tmp_path):
+    return CharTokenizer.from_text("banana cab", ["<|endoftext|>"], unk_token="<unk>").save(tmp_path / "char")
+
+
+@pytest.mark.parametrize("edit, match, cause", [
+    (cut_at(0.5), *TRUNCATED_JSON),
+    (lambda data: GARBAGE, *NOT_UTF8),
+    (edit_json(lambda spec: spec["model"]["vocab"].update(a="0")), "the id of 'a' must be an integer id", None),
+    (edit_json(lambda spec: spec["model"]["vocab"].update(ab=len(spec["model"]["vocab"]))),
+     "the alphabet holds single characters, got 'ab'", ValueError),
+    (edit_json(lambda spec: spec["model"].update(vocab={"a": 0, "b": 0})), "id 0 is given to two tokens", None),
+    (edit_json(lambda spec: spec["pre_tokenizer"].update(pattern="[\\s\\S]")), "is not a character tokenizer", None),
+    (edit_json(lambda spec: spec["added_tokens"].append("<pad>")), "added token 2 must be a JSON object", None),
+])
+def test_bad_char_tokenizer_json_names_file_and_problem(char_saved, edit, match, cause):
+    path = char_saved / "tokenizer.json"
+    path.write_bytes(edit(path.read_bytes()))
+    for read in (CharTokenizer.load, load):
+        with pytest.raises(ValueError, match=match) as info:
+            read(char_saved)
+        assert str(info.value).startswith(str(path)), str(info.value)
+        assert isinstance(info.value.__cause__, cause) if cause else info.value.__cause__ is None

@@ -7,6 +7,8 @@ on every run of the same Python version.
 """
 from pathlib import Path
 
+from minigpt.files import read_utf8_file
+
 BUILTIN = "builtin"
 
 
@@ -14,19 +16,6 @@ def builtin_corpus():
     """CPython's English documentation topics, sorted by name and joined by blank lines (~465 KB)."""
     from pydoc_data.topics import topics
     return "\n\n".join(topics[name].strip() for name in sorted(topics)) + "\n"
-
-
-def read_text_file(path):
-    """The text of one UTF-8 file. Not UTF-8 -> ValueError naming the file and the first bad byte."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        bad = data[err.start:err.start + 4]
-        raise ValueError(f"{path} is not UTF-8 text: byte offset {err.start} "
-                         f"(bytes {bad.hex(' ')}) cannot be decoded ({err.reason})") from None
-    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the text
 
 
 def corpus_files(folder):
@@ -58,9 +47,9 @@ def load_corpus(source=BUILTIN):
         files = corpus_files(path)
         if not files:
             raise ValueError(f"corpus folder {str(path)!r} has no files")
-        text = "\n".join(read_text_file(f) for f in files)
+        text = "\n".join(read_utf8_file(f) for f in files)
     else:
-        text = read_text_file(path)
+        text = read_utf8_file(path)
     if not text.strip():
         raise ValueError(f"corpus {str(path)!r} is empty: no text to train on")
     return text

@@ -6,9 +6,9 @@
 Both: encode(str) -> list[int], decode(ids) -> str, vocab_size, special_tokens {str: id},
 encode_iterable(chunks) (streaming), save(directory), load(path). load(path) below picks the class.
 """
-import json
 from pathlib import Path
 
+from minigpt.files import read_json_file
 from minigpt.tokenizers.bpe import BPETokenizer
 from minigpt.tokenizers.char import CharTokenizer
 from minigpt.tokenizers.gpt2 import GPT2_PATTERN, bytes_to_unicode
@@ -20,6 +20,12 @@ def load(path):
     """The tokenizer saved at path (a folder or a tokenizer.json): CharTokenizer or BPETokenizer."""
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
-    if file.exists() and json.loads(file.read_text(encoding="utf-8")).get("model", {}).get("type") == "WordLevel":
+    if file.exists() and _model_type(read_json_file(file)) == "WordLevel":
         return CharTokenizer.load(file)
     return BPETokenizer.load(path)
+
+
+def _model_type(spec):
+    """The "model" "type" of a tokenizer.json, or None where there is none (the loader then says what is wrong)."""
+    model = spec.get("model") if isinstance(spec, dict) else None
+    return model.get("type") if isinstance(model, dict) else None

@@ -7,13 +7,18 @@ A tokenizer maps text to a list of integer ids and back:
 
 Special tokens (e.g. "<|endoftext|>") are whole strings: wherever one appears in the text it becomes its own
 id, and the text on either side is tokenized separately, so no token ever spans a special token.
+
+Reading tokenizer files: minigpt.files reads them (missing, not UTF-8, not JSON, truncated: one ValueError
+that starts with the file's path), and the check_* helpers below turn JSON of the wrong shape into the same
+kind of error. Loaders check a whole file before building a tokenizer: none half-loads.
 """
 import functools
 import operator
 import re
 from pathlib import Path
 
-from minigpt.data.corpus import corpus_files, read_text_file
+from minigpt.data.corpus import corpus_files
+from minigpt.files import read_utf8_file
 
 
 def check_special_tokens(special_tokens):
@@ -87,7 +92,7 @@ def read_texts(text_or_files):
             texts.append(item)
         elif isinstance(item, Path):
             files = corpus_files(item) if item.is_dir() else [item]
-            texts.extend(read_text_file(f) for f in files)
+            texts.extend(read_utf8_file(f) for f in files)
         else:
             raise ValueError(f"training input must be str (text) or pathlib.Path (a file or folder), "
                              f"got {type(item).__name__}")
@@ -143,3 +148,71 @@ def added_tokens_json(special_tokens):
     return [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
              "normalized": False, "special": True}
             for s, i in sorted(special_tokens.items(), key=lambda item: item[1])]
+
+
+# ---------------------------------------------------------------- reading tokenizer files
+_JSON_KINDS = {dict: "a JSON object {...}", list: "a JSON array [...]", str: "a string"}
+
+
+def json_kind(value):
+    """What a JSON value is, for error messages: 'a JSON array', 'the number 1.5', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return "a JSON array" if isinstance(value, list) else "a JSON object"
+
+
+def check_json_type(value, kind, what, where):
+    """value, when it is of the JSON kind (dict, list or str); otherwise a ValueError naming what and where."""
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: {what} must be {_JSON_KINDS[kind]}, got {json_kind(value)}")
+    return value
+
+
+def check_json_object(spec, key, where):
+    """spec[key] when it is a JSON object, {} when it is missing or null; anything else is a ValueError."""
+    value = spec.get(key)
+    return {} if value is None else check_json_type(value, dict, f'"{key}"', where)
+
+
+def check_json_id(value, what, where):
+    """A token id read from a file: a JSON integer (not true/false, not 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: {what} must be an integer id, got {json_kind(value)}")
+    return value
+
+
+def check_vocab_json(vocab, where):
+    """A vocab read from a file: a JSON object {token string: id}, each id an integer used once, together 0..n-1."""
+    check_json_type(vocab, dict, "the vocab", where)
+    owner = {}                                          # id -> the token string that has it
+    for s, i in vocab.items():
+        check_json_id(i, f"the id of {s!r}", where)
+        if i in owner:
+            raise ValueError(f"{where}: id {i} is given to two tokens, {owner[i]!r} and {s!r}")
+        owner[i] = s
+    missing = sorted(set(range(len(owner))) - set(owner))
+    if missing:
+        raise ValueError(f"{where}: token ids must be 0..{len(owner) - 1} with none missing or repeated; "
+                         f"missing {missing[:5]}")
+    return vocab
+
+
+def check_added_tokens(added_tokens, where):
+    """The "added_tokens" of a tokenizer.json: a list of objects, each with a string "content" and an integer "id"."""
+    if added_tokens is None:
+        return []
+    check_json_type(added_tokens, list, '"added_tokens"', where)
+    for n, added in enumerate(added_tokens):
+        check_json_type(added, dict, f"added token {n}", where)
+        for key in ("content", "id"):
+            if key not in added:
+                raise ValueError(f'{where}: added token {n} has no "{key}"')
+        check_json_type(added["content"], str, f'added token {n}\'s "content"', where)
+        check_json_id(added["id"], f"the id of added token {added['content']!r}", where)
+    return added_tokens

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import regex
 
+from minigpt.files import read_json_file
 from minigpt.tokenizers.base import (Tokenizer, as_int, check_ids, check_special_tokens, read_texts, special_splitter,
                                      split_specials)
 from minigpt.tokenizers.gpt2 import (GPT2_PATTERN, load_gpt2_files, parse_tokenizer_json, save_gpt2_files,
@@ -283,13 +284,20 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_gpt2_files(cls, vocab_path, merges_path):
         """GPT-2's vocab.json + merges.txt. Vocab entries no merge makes are the special tokens (<|endoftext|>)."""
-        return cls(*load_gpt2_files(vocab_path, merges_path))
+        return cls._from_file(load_gpt2_files(vocab_path, merges_path), vocab_path)
 
     @classmethod
     def from_tokenizer_json(cls, path):
         """A Hugging Face tokenizer.json of a GPT-2 style byte-level BPE."""
-        path = Path(path)
-        return cls(*parse_tokenizer_json(json.loads(path.read_text(encoding="utf-8")), str(path)))
+        return cls._from_file(parse_tokenizer_json(read_json_file(path), str(path)), path)
+
+    @classmethod
+    def _from_file(cls, parts, path):
+        """cls(vocab, merges, special_tokens) as read from path: what the constructor refuses names the file."""
+        try:
+            return cls(*parts)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     @classmethod
     def load(cls, path):
@@ -298,7 +306,7 @@ class BPETokenizer(Tokenizer):
         if path.is_dir():
             if (path / "tokenizer.json").exists():
                 return cls.from_tokenizer_json(path / "tokenizer.json")
-            if (path / "vocab.json").exists() and (path / "merges.txt").exists():
+            if (path / "vocab.json").exists() or (path / "merges.txt").exists():  # a missing one is named
                 return cls.from_gpt2_files(path / "vocab.json", path / "merges.txt")
             raise ValueError(f"{path} has neither tokenizer.json nor vocab.json + merges.txt")
         if not path.exists():

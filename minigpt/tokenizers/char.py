@@ -10,7 +10,9 @@ characters, a pre-tokenizer that splits every character off ([\\s\\S], isolated)
 import json
 from pathlib import Path
 
-from minigpt.tokenizers.base import (Tokenizer, added_tokens_json, check_ids, check_special_tokens, read_texts,
+from minigpt.files import read_json_file
+from minigpt.tokenizers.base import (Tokenizer, added_tokens_json, check_added_tokens, check_ids, check_json_object,
+                                     check_json_type, check_special_tokens, check_vocab_json, read_texts,
                                      special_splitter, split_specials)
 
 _EVERY_CHARACTER = r"[\s\S]"
@@ -123,20 +125,27 @@ class CharTokenizer(Tokenizer):
             path = path / "tokenizer.json"
         if not path.exists():
             raise ValueError(f"no tokenizer at {path}")
-        return cls.from_tokenizer_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        return cls.from_tokenizer_json(read_json_file(path), str(path))
 
     @classmethod
     def from_tokenizer_json(cls, spec, where="tokenizer.json"):
-        model = spec.get("model") or {}
-        pre = spec.get("pre_tokenizer") or {}
-        if model.get("type") != "WordLevel" or (pre.get("pattern") or {}).get("Regex") != _EVERY_CHARACTER:
+        """A tokenizer.json dict as written by save(); anything else is a ValueError that starts with where."""
+        check_json_type(spec, dict, "a tokenizer.json", where)
+        model, pre = check_json_object(spec, "model", where), check_json_object(spec, "pre_tokenizer", where)
+        pattern = pre.get("pattern")
+        if (model.get("type") != "WordLevel" or not isinstance(pattern, dict)
+                or pattern.get("Regex") != _EVERY_CHARACTER):
             raise ValueError(f"{where} is not a character tokenizer written by CharTokenizer.save "
                              f"(model {model.get('type')!r}, pre-tokenizer {pre.get('type')!r})")
-        specials = [a["content"] for a in sorted(spec.get("added_tokens") or [], key=lambda a: a["id"])]
-        vocab = model.get("vocab") or {}
+        added = check_added_tokens(spec.get("added_tokens"), where)
+        specials = [a["content"] for a in sorted(added, key=lambda a: a["id"])]
+        vocab = check_vocab_json(model.get("vocab", {}), where)
         chars = [s for s, _ in sorted(vocab.items(), key=lambda item: item[1]) if s not in specials]
         unk = model.get("unk_token") or None
-        tokenizer = cls(chars, specials, unk)
+        try:
+            tokenizer = cls(chars, specials, unk)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
         if {s: i for i, s in enumerate(tokenizer._id_str)} != vocab:
             raise ValueError(f"{where}: ids are not laid out as CharTokenizer does (characters, specials, unk)")
         return tokenizer

@@ -17,7 +17,9 @@ In memory a tokenizer is: vocab {id: bytes}, merges [(bytes, bytes), ...] in ran
 import json
 from pathlib import Path
 
-from minigpt.tokenizers.base import added_tokens_json
+from minigpt.files import read_json_file, read_utf8_file
+from minigpt.tokenizers.base import (added_tokens_json, check_added_tokens, check_json_object, check_json_type,
+                                     check_vocab_json)
 
 # GPT-2's pre-tokenizer: contractions, an optional space + letters, an optional space + digits,
 # an optional space + other symbols, whitespace not followed by a non-space, and any other whitespace.
@@ -86,11 +88,7 @@ def save_gpt2_files(directory, vocab, merges, special_tokens):
 
 def _vocab_from_strings(string_to_id, where):
     """{string: id} -> ({id: bytes}, {id: string that is not a byte-level token}); ids must be 0..n-1."""
-    ids = sorted(string_to_id.values())
-    if ids != list(range(len(ids))):
-        missing = sorted(set(range(len(ids))) - set(ids))
-        raise ValueError(f"{where}: token ids must be 0..{len(ids) - 1} with none missing or repeated; "
-                         f"missing {missing[:5]}")
+    check_vocab_json(string_to_id, where)
     vocab, not_bytes = {}, {}
     for s, i in string_to_id.items():
         token = string_to_token(s)
@@ -101,14 +99,50 @@ def _vocab_from_strings(string_to_id, where):
     return vocab, not_bytes
 
 
-def _merges_from_pairs(pairs, where):
+def _read_merges_txt(path):
+    """merges.txt -> [(place, [a, b])], place = "path:line: merge" for messages; the "#version" line and
+    empty lines are skipped. A line that is not two tokens separated by one space is a ValueError."""
+    pairs = []
+    for n, line in enumerate(read_utf8_file(path).splitlines(), 1):
+        if (n == 1 and line.startswith("#version")) or not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"{path}:{n}: a merge line is two tokens separated by one space, got {line!r}")
+        pairs.append((f"{path}:{n}: merge", parts))
+    return pairs
+
+
+def _check_merge_pairs(merges, where):
+    """The "merges" of a tokenizer.json -> [(place, [a, b])]: each merge "a b" or ["a", "b"], two non-empty strings."""
+    pairs = []
+    for n, m in enumerate(check_json_type(merges, list, "the model's \"merges\"", where), 1):
+        parts = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(t, str) and t for t in parts)):
+            raise ValueError(f'{where}: merge {n} must be two tokens, "a b" or ["a", "b"], got {m!r}')
+        pairs.append((f"{where}: merge {n}", parts))
+    return pairs
+
+
+def _merges_from_pairs(pairs):
+    """[(place, [a, b])] -> [(bytes, bytes)]; a token string outside GPT-2's byte map is a ValueError."""
     merges = []
-    for n, (a, b) in enumerate(pairs, 1):
+    for place, (a, b) in pairs:
         ta, tb = string_to_token(a), string_to_token(b)
         if ta is None or tb is None:
-            raise ValueError(f"{where}: merge {n} ({a!r} {b!r}) has a character outside GPT-2's byte map")
+            raise ValueError(f"{place} ({a!r} {b!r}) has a character outside GPT-2's byte map")
         merges.append((ta, tb))
     return merges
+
+
+def _check_merges_in_vocab(pairs, merges, vocab, vocab_where):
+    """Both tokens of every merge, and the token they make, must be in the vocab."""
+    tokens = set(vocab.values())
+    for (place, (a, b)), (ta, tb) in zip(pairs, merges):
+        for what, token in (("the first token", ta), ("the second token", tb), ("the merged token", ta + tb)):
+            if token not in tokens:
+                raise ValueError(f"{place} ({a!r} {b!r}): {what} {token_to_string(token)!r} "
+                                 f"is not in {vocab_where}")
 
 
 def _special_tokens(vocab, merges, not_bytes):
@@ -125,18 +159,13 @@ def _special_tokens(vocab, merges, not_bytes):
 
 
 def load_gpt2_files(vocab_path, merges_path):
-    """GPT-2's vocab.json + merges.txt -> (vocab {id: bytes}, merges [(bytes, bytes)], special_tokens {str: id})."""
+    """GPT-2's vocab.json + merges.txt -> (vocab {id: bytes}, merges [(bytes, bytes)], special_tokens {str: id}).
+    A bad file is a ValueError naming it (and the line, in merges.txt)."""
     vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-    vocab, not_bytes = _vocab_from_strings(json.loads(vocab_path.read_text(encoding="utf-8")), str(vocab_path))
-    pairs = []
-    for n, line in enumerate(merges_path.read_text(encoding="utf-8").splitlines(), 1):
-        if (n == 1 and line.startswith("#version")) or not line:
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{merges_path}:{n}: a merge line is two tokens separated by one space, got {line!r}")
-        pairs.append(parts)
-    merges = _merges_from_pairs(pairs, str(merges_path))
+    vocab, not_bytes = _vocab_from_strings(read_json_file(vocab_path), str(vocab_path))
+    pairs = _read_merges_txt(merges_path)
+    merges = _merges_from_pairs(pairs)
+    _check_merges_in_vocab(pairs, merges, vocab, str(vocab_path))
     return vocab, merges, _special_tokens(vocab, merges, not_bytes)
 
 
@@ -177,10 +206,13 @@ def parse_tokenizer_json(spec, where="tokenizer.json"):
     Older files, GPT-2's own among them, write no model type (a model with merges is a BPE) and write
     the subword prefix and suffix as "" rather than null; both mean the same as here.
     """
-    model = spec.get("model") or {}
+    check_json_type(spec, dict, "a tokenizer.json", where)
+    if "model" not in spec:
+        raise ValueError(f'{where}: no "model"; a tokenizer.json holds the vocab and merges under "model"')
+    model = check_json_object(spec, "model", where)
     _expect(model.get("type", "BPE" if "merges" in model else None), "BPE", "the model type", where)
     _expect(spec.get("normalizer"), None, "the normalizer", where)
-    pre = spec.get("pre_tokenizer") or {}
+    pre = check_json_object(spec, "pre_tokenizer", where)
     _expect(pre.get("type"), "ByteLevel", "the pre-tokenizer", where)
     _expect(pre.get("add_prefix_space"), False, "the pre-tokenizer's add_prefix_space", where)
     _expect(pre.get("use_regex", True), True, "the pre-tokenizer's use_regex", where)
@@ -190,15 +222,19 @@ def parse_tokenizer_json(spec, where="tokenizer.json"):
     _expect(model.get("byte_fallback", False), False, "the model's byte_fallback", where)
     _expect(model.get("ignore_merges", False), False, "the model's ignore_merges", where)
 
-    string_to_id = dict(model.get("vocab") or {})
-    for added in spec.get("added_tokens") or []:
+    if "vocab" not in model:
+        raise ValueError(f'{where}: the model has no "vocab"')
+    string_to_id = dict(check_json_type(model["vocab"], dict, 'the model\'s "vocab"', where))
+    added_tokens = check_added_tokens(spec.get("added_tokens"), where)
+    for added in added_tokens:
         for key in ("lstrip", "rstrip", "single_word"):
             _expect(added.get(key, False), False, f"added token {added['content']!r}'s {key}", where)
         string_to_id.setdefault(added["content"], added["id"])
     vocab, not_bytes = _vocab_from_strings(string_to_id, where)
-    pairs = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges") or []]
-    merges = _merges_from_pairs(pairs, where)
-    specials = {a["content"]: a["id"] for a in spec.get("added_tokens") or []}
+    pairs = _check_merge_pairs(model.get("merges", []), where)
+    merges = _merges_from_pairs(pairs)
+    _check_merges_in_vocab(pairs, merges, vocab, "the vocab")
+    specials = {a["content"]: a["id"] for a in added_tokens}
     for s, i in _special_tokens(vocab, merges, not_bytes).items():
         specials.setdefault(s, i)
     return vocab, merges, specials
