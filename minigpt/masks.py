@@ -9,6 +9,10 @@ Dimensions: B batch, T positions; i is the query (row), j the key (column).
     sliding  j <= i  and  i - j < window              the last `window` tokens (Mistral, Longformer-style)
     explicit any boolean (T, T) or (B, T, T) you built yourself, checked
 
+All four rules are one function, `attention_mask`, which also covers what generation needs: queries
+that are the last T of S positions (a KV cache holds the rest) and left padding (a batch of prompts of
+different lengths, padded at the start, the padding seen by no real token).
+
 GPT-3 alternates dense (causal) layers with locally banded ones "similar to the Sparse Transformer",
 without spelling the band out. We use the local head of the Sparse Transformer's *fixed* pattern
 (Child et al. 2019, A(1) = {j : floor(j / l) = floor(i / l)}): the sequence is cut into blocks of
@@ -23,9 +27,9 @@ import numpy as np
 from minigpt.backend import to_numpy
 
 
-def _check_T(T):
+def _check_T(T, name="T"):
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T={T!r}: expected a positive integer sequence length")
+        raise ValueError(f"{name}={T!r}: expected a positive integer sequence length")
     return int(T)
 
 
@@ -35,17 +39,63 @@ def _check_window(window):
     return int(window)
 
 
-def _positions(T, xp):
-    """Query and key indices as a column and a row: i (T, 1), j (1, T)."""
-    idx = xp.arange(T)
-    return idx[:, None], idx[None, :]
+def _per_sample(name, value, limit):
+    """None, an int, or a 1-D int array (one per sample) of values in [0, limit], checked on the host
+    -> None, a 0-d array, or (B, 1, 1): either broadcasts against (T, S)."""
+    if value is None:
+        return None
+    host = to_numpy(value)
+    if not np.issubdtype(host.dtype, np.integer) or host.ndim > 1:
+        raise ValueError(f"{name}={value!r}: expected an int or a 1-D integer array (one per sample)")
+    bad = host[(host < 0) | (host > limit)]
+    if bad.size:
+        raise ValueError(f"{name}={bad.tolist()} out of range: expected 0 <= {name} <= {limit} (the sequence length)")
+    return host if host.ndim == 0 else host.reshape(-1, 1, 1)               # () or (B, 1, 1)
+
+
+def attention_mask(T, S=None, prefix_len=None, pad_len=None, local=None, window=None, xp=None):
+    """The one mask rule. T queries at positions i = S-T .. S-1 (a KV cache holds the first S-T; S = T
+    without one) against S keys at positions j = 0 .. S-1. Key j is visible to query i when
+
+        j <= i  or  j < prefix_len[b]      causal; GLM's Part A (the first prefix_len[b] positions) seen by all
+        and, with a local window W:
+            j // W == i // W               local="banded"  (GPT-3's block-local layers; with left padding
+                                                            the blocks start at the first real token)
+            i - j < W                      local="sliding" (Mistral)
+        and j >= pad_len[b]                left padding is invisible, except that a padding query
+                                           (i < pad_len[b]) sees exactly itself: no row is ever empty.
+
+    prefix_len, pad_len: None, an int, or an int array (B,) in [0, S].
+    -> bool (T, S) or, with per-sample arrays, (B, T, S).
+    """
+    xp = np if xp is None else xp
+    T = _check_T(T)
+    S = T if S is None else _check_T(S, "S")
+    if S < T:
+        raise ValueError(f"S={S} keys for T={T} queries: expected S >= T (queries are the last T positions)")
+    i = xp.arange(S - T, S)[:, None]                                        # (T, 1) query positions
+    j = xp.arange(S)[None, :]                                               # (1, S) key positions
+    visible = j <= i                                                        # (T, S)
+    prefix = _per_sample("prefix_len", prefix_len, S)
+    if prefix is not None:
+        visible = visible | (j < xp.asarray(prefix))                        # (T, S) or (B, T, S)
+    pad = _per_sample("pad_len", pad_len, S)
+    pad = 0 if pad is None else xp.asarray(pad)                             # () or (B, 1, 1)
+    if local is not None:
+        if local not in ("banded", "sliding"):
+            raise ValueError(f"local={local!r}: expected None, 'banded' or 'sliding'")
+        window = _check_window(window)
+        block_i, block_j = (i - pad) // window, (j - pad) // window         # blocks counted from the first real token
+        near = (block_j == block_i) if local == "banded" else (i - j < window)   # (T, S) or (B, T, S)
+        visible = visible & near
+    if pad_len is not None:
+        visible = (visible & (j >= pad)) | ((i < pad) & (j == i))           # padding sees only itself
+    return visible
 
 
 def causal_mask(T, xp=None):
     """(T, T): query i sees keys 0..i."""
-    xp = np if xp is None else xp
-    i, j = _positions(_check_T(T), xp)
-    return j <= i                                                           # (T, T)
+    return attention_mask(T, xp=xp)                                         # (T, T)
 
 
 def prefix_mask(T, sep, xp=None):
@@ -53,7 +103,6 @@ def prefix_mask(T, sep, xp=None):
     The first sep[b] positions (Part A) see each other in both directions; positions from sep[b] on
     (Part B) are causal and also see all of Part A. sep = 0 is fully causal, sep = T fully bidirectional.
     """
-    xp = np if xp is None else xp
     T = _check_T(T)
     sep_host = to_numpy(sep)                                                # checked on the host
     if not np.issubdtype(sep_host.dtype, np.integer) or sep_host.ndim > 1:
@@ -62,26 +111,18 @@ def prefix_mask(T, sep, xp=None):
     if bad.size:
         raise ValueError(f"sep={bad.tolist()} out of range: each prefix length (a Model's prefix_len) must be "
                          f"in [0, T={T}] (0 = fully causal)")
-    i, j = _positions(T, xp)                                                # (T, 1), (1, T)
-    sep = xp.asarray(sep_host)[..., None, None]                             # () -> (1, 1) or (B,) -> (B, 1, 1)
-    return (j <= i) | (j < sep)                                             # (T, T) or (B, T, T)
+    return attention_mask(T, prefix_len=sep_host, xp=xp)                    # (T, T) or (B, T, T)
 
 
 def banded_mask(T, window, xp=None):
     """(T, T) GPT-3 / Sparse Transformer local band: causal, and only within one's own block of
     `window` positions (block = position // window)."""
-    xp = np if xp is None else xp
-    T, window = _check_T(T), _check_window(window)
-    i, j = _positions(T, xp)
-    return (j <= i) & (j // window == i // window)                          # (T, T)
+    return attention_mask(T, local="banded", window=_check_window(window), xp=xp)   # (T, T)
 
 
 def sliding_window_mask(T, window, xp=None):
     """(T, T): causal, and at most `window` keys back (i - j < window, the query itself included)."""
-    xp = np if xp is None else xp
-    T, window = _check_T(T), _check_window(window)
-    i, j = _positions(T, xp)
-    return (j <= i) & (i - j < window)                                      # (T, T)
+    return attention_mask(T, local="sliding", window=_check_window(window), xp=xp)  # (T, T)
 
 
 def explicit_mask(mask, T, xp=None):

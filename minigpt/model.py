@@ -22,6 +22,10 @@ an explicit attn_mask replaces all of them.
 
 Every step keeps its layer's cache, collected in the named caches below; backward walks them in reverse
 and ACCUMULATES into model.grads (a tied wte gets both its embedding and its output-head gradient).
+
+Generation uses a KVCache instead: forward(new_ids, kv_cache=cache) stores the new positions' keys and
+values in it and attends over everything stored so far, so each new token costs one position, not the
+whole sequence again (minigpt.generate drives it).
 """
 from typing import NamedTuple
 
@@ -39,7 +43,7 @@ from minigpt.layers.norms import (layernorm_backward, layernorm_forward, qk_norm
 from minigpt.layers.positions import (glm_position_backward, glm_position_forward, learned_position_backward,
                                       learned_position_forward, sinusoidal_encoding)
 from minigpt.layers.rope import rope2d_backward, rope2d_forward, rope_backward, rope_cos_sin, rope_forward
-from minigpt.masks import causal_mask, explicit_mask, make_mask, prefix_mask
+from minigpt.masks import attention_mask, explicit_mask
 
 
 class BlockContext(NamedTuple):
@@ -47,6 +51,7 @@ class BlockContext(NamedTuple):
     pos: object          # (B, T) position ids
     block_pos: object    # (B, T) GLM block position ids ("glm2d", "rope2d"), else None
     rope: object         # (cos, sin) of the RoPE angles, each (B, 1, T, rotary_dim/2), for "rope"; else None
+    kv_cache: object = None   # the KVCache of a generation step, else None
 
 
 class AttentionSublayerCache(NamedTuple):
@@ -82,6 +87,32 @@ class ForwardCache(NamedTuple):
     blocks: list         # one BlockCache per layer
     final_norm: tuple    # final norm cache, else None
     head: tuple          # the output head's linear cache
+
+
+class KVCache:
+    """The keys and values of every position generation has seen, per layer: k[i], v[i] (B, Hkv, capacity, D),
+    filled up to `length`. K is stored after QK-norm and RoPE, so a cached key is never rotated again, and only
+    the Hkv kv heads are stored: that is how GQA / MQA shrink the cache. What the mask needs of a batch of
+    prompts lives here too, fixed for the whole generation:
+        prefix_len int (B,) or None  GLM: the prompt (Part A) attends to itself bidirectionally
+        pad_len    int (B,) or None  left padding of prompts of different lengths (no real token sees it)
+    """
+
+    def __init__(self, model, batch_size, capacity, prefix_len=None, pad_len=None):
+        cfg = model.config
+        shape = (batch_size, cfg.n_kv_head, capacity, cfg.head_dim)              # (B, Hkv, capacity, D)
+        self.k = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
+        self.v = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
+        self.batch_size, self.capacity, self.length = batch_size, capacity, 0
+        self.prefix_len, self.pad_len = prefix_len, pad_len
+
+    def store(self, layer, k, v):
+        """k, v (B, Hkv, T, D) of T new positions -> every key and value so far, (B, Hkv, length + T, D) views.
+        The caller (Model.forward) advances `length` once all layers have stored."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]              # (B, Hkv, S, D) each
 
 
 class Model:
@@ -148,19 +179,29 @@ class Model:
         return self.train(False)
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, ids, position_ids=None, block_position_ids=None, prefix_len=None, attn_mask=None):
+    def forward(self, ids, position_ids=None, block_position_ids=None, prefix_len=None, attn_mask=None,
+                pad_len=None, kv_cache=None):
         """ids int (B, T) -> logits (B, T, V); keeps what backward needs.
 
-        position_ids int (T,) or (B, T): default 0..T-1.
+        position_ids int (T,) or (B, T): default 0..T-1 (counted from the first real token, see pad_len).
         block_position_ids (GLM's second position, positions "glm2d" / "rope2d"): default all 0.
         prefix_len int or int (B,) in [0, T] (attention "prefix" models): the first prefix_len tokens
             attend to each other bidirectionally; None = causal everywhere.
         attn_mask bool (T, T) or (B, T, T), True = may attend: replaces the mask of every layer.
+        pad_len int or int (B,): sample b begins with pad_len[b] padding tokens (prompts of different
+            lengths, left-padded): no real token attends to them.
+        kv_cache a KVCache (generation; no backward): ids are the T positions after the kv_cache.length
+            already stored; their keys and values are added to it. prefix_len and pad_len are the cache's.
         """
         cfg, p = self.config, self.params
-        B, T = self._check_ids_shape(ids)
-        context = self.block_context(B, T, position_ids, block_position_ids)
-        masks = self._masks(B, T, prefix_len, attn_mask)
+        B, T = self._check_ids_shape(ids, kv_cache)
+        past = 0
+        if kv_cache is not None:
+            if prefix_len is not None or pad_len is not None or attn_mask is not None:
+                raise ValueError("with a kv_cache, give prefix_len and pad_len to the KVCache, and no attn_mask")
+            prefix_len, pad_len, past = kv_cache.prefix_len, kv_cache.pad_len, kv_cache.length
+        masks = self._masks(B, T, prefix_len, attn_mask, pad_len, past)
+        context = self.block_context(B, T, position_ids, block_position_ids, pad_len, past, kv_cache)
 
         x, emb_cache = embedding_forward(ids, p["wte"])                          # (B, T, C), checks the ids
         x, pos_cache = self._add_positions(x, context)                           # (B, T, C)
@@ -175,19 +216,24 @@ class Model:
         head = p["wte"].T if cfg.tie_embeddings else p["lm_head"]                # (C, V)
         logits, head_cache = linear_forward(x, head)                             # (B, T, V)
 
-        self._cache = ForwardCache(logits.shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache,
-                                   head_cache)
+        if kv_cache is None:
+            self._cache = ForwardCache(logits.shape, emb_cache, pos_cache, drop_cache, block_caches, norm_cache,
+                                       head_cache)
+        else:
+            kv_cache.length += T
+            self._cache = None                                                   # nothing to go back through
         return logits
 
-    def block_context(self, B, T, position_ids=None, block_position_ids=None):
-        """The BlockContext of a forward over (B, T) tokens: checked (B, T) position ids (default
-        0..T-1), GLM's block position ids (default 0) and RoPE's cos and sin, each made once."""
+    def block_context(self, B, T, position_ids=None, block_position_ids=None, pad_len=None, past=0, kv_cache=None):
+        """The BlockContext of a forward over (B, T) tokens after `past` cached ones: checked (B, T) position
+        ids (default past..past+T-1, less the left padding), GLM's block position ids (default 0) and RoPE's
+        cos and sin, each made once."""
         cfg = self.config
-        pos, block_pos = self._positions(B, T, position_ids, block_position_ids)
+        pos, block_pos = self._positions(B, T, position_ids, block_position_ids, pad_len, past)
         rope = None
         if cfg.rotary == "rope":
             rope = rope_cos_sin(pos, cfg.rotary_dim, cfg.rope_theta, self.dtype)  # (B, 1, T, rd/2) each
-        return BlockContext(pos, block_pos, rope)
+        return BlockContext(pos, block_pos, rope, kv_cache)
 
     def _add_positions(self, x, context):
         """x (B, T, C) plus the absolute position vectors: a learned table, GLM's two tables, or the
@@ -241,6 +287,8 @@ class Model:
             q, k, qk_cache = qk_norm_forward(q, k, p[f"{name}.q_norm.w"], p[f"{name}.k_norm.w"], cfg.norm_eps)
         q, q_rot = self._rotate(q, context)                                      # (B, H, T, D)
         k, k_rot = self._rotate(k, context)                                      # (B, Hkv, T, D)
+        if context.kv_cache is not None:
+            k, v = context.kv_cache.store(i, k, v)                               # (B, Hkv, S, D): all so far
         o, att_cache = attention_forward(q, k, v, mask)                          # (B, H, T, D)
         o = merge_heads(o)                                                       # (B, T, H*D)
         out, o_cache = linear_forward(o, p[f"{name}.wo"], p.get(f"{name}.bo"))   # (B, T, C)
@@ -406,15 +454,19 @@ class Model:
     # --- inputs --------------------------------------------------------------------------------
     # Each input is checked once. The ids' dtype and range: embedding_forward; position ids that index a
     # table: the table's lookup (positions.py); prefix_len: masks.prefix_mask. Here: what only the model knows.
-    def _check_ids_shape(self, ids):
-        """(B, T) of the token ids; T must fit the position tables."""
+    def _check_ids_shape(self, ids, kv_cache):
+        """(B, T) of the token ids; T (after what the cache holds) must fit the position tables and the cache."""
         shape = getattr(ids, "shape", np.shape(ids))
         if len(shape) != 2 or 0 in shape:
             raise ValueError(f"ids: expected a non-empty integer array of shape (B, T), got shape {shape}")
-        T = shape[1]
-        if self.config.position_tables and T > self.config.max_seq_len:
-            raise ValueError(f"ids: T={T} tokens, but the position table has max_seq_len="
+        B, T = shape
+        past = 0 if kv_cache is None else kv_cache.length
+        if self.config.position_tables and past + T > self.config.max_seq_len:
+            raise ValueError(f"ids: T={past + T} tokens, but the position table has max_seq_len="
                              f"{self.config.max_seq_len} rows")
+        if kv_cache is not None and (B != kv_cache.batch_size or past + T > kv_cache.capacity):
+            raise ValueError(f"ids: shape {shape} after {past} cached positions does not fit the KVCache "
+                             f"(batch {kv_cache.batch_size}, capacity {kv_cache.capacity})")
         return shape
 
     def _position_array(self, name, value, B, T):
@@ -430,11 +482,15 @@ class Model:
                 raise ValueError(f"{name}: {int(negative[0])} is out of range, expected ids >= 0")
         return self.xp.broadcast_to(value, (B, T))
 
-    def _positions(self, B, T, position_ids, block_position_ids):
-        """(B, T) position ids (default 0..T-1), and block position ids for GLM (default 0), else None."""
+    def _positions(self, B, T, position_ids, block_position_ids, pad_len, past):
+        """(B, T) position ids (default past..past+T-1, counted from each sample's first real token), and
+        block position ids for GLM (default 0), else None."""
         xp, cfg = self.xp, self.config
         if position_ids is None:
-            pos = xp.broadcast_to(xp.arange(T), (B, T))                          # (B, T)
+            pos = xp.arange(past, past + T)[None, :]                             # (1, T)
+            if pad_len is not None:
+                pos = xp.maximum(pos - xp.asarray(pad_len).reshape(-1, 1), 0)   # (B, T) padding: 0
+            pos = xp.broadcast_to(pos, (B, T))                                   # (B, T)
         else:
             pos = self._position_array("position_ids", position_ids, B, T)
         if not cfg.block_positions:
@@ -446,31 +502,27 @@ class Model:
             return pos, xp.zeros((B, T), dtype=pos.dtype)                        # (B, T) everything in Part A
         return pos, self._position_array("block_position_ids", block_position_ids, B, T)
 
-    def _masks(self, B, T, prefix_len, attn_mask):
-        """One boolean mask per layer, True = may attend: (T, T) or (B, T, T). Layers with local
-        attention (config.local_attention) get the shared mask narrowed by their window."""
+    def _masks(self, B, T, prefix_len, attn_mask, pad_len, past):
+        """One boolean mask per layer, True = may attend: (T, S) or (B, T, S) over S = past + T keys.
+        Layers with local attention (config.local_attention) get their window (masks.attention_mask)."""
         cfg = self.config
-        mask = self._shared_mask(T, prefix_len, attn_mask)
-        if mask.ndim == 3 and mask.shape[0] != B:
-            given = "attn_mask" if attn_mask is not None else "prefix_len"
-            raise ValueError(f"{given}: one per sample expected, got a mask of shape {mask.shape} for a batch "
-                             f"of B={B}: expected shape (B,) = ({B},) for prefix_len, (B, T, T) for attn_mask")
         if attn_mask is not None:
-            return [mask] * cfg.n_layer                                          # replaces every layer's mask
-        narrowed = {}                                                            # kind -> mask, built once
-        for kind in {cfg.local_attention(i) for i in range(cfg.n_layer)} - {None}:
-            narrowed[kind] = mask & make_mask(kind, T, window=cfg.attn_window, xp=self.xp)
-        return [narrowed.get(cfg.local_attention(i), mask) for i in range(cfg.n_layer)]
-
-    def _shared_mask(self, T, prefix_len, attn_mask):
-        """The mask before any local window: attn_mask as given, GLM's prefix mask, or causal."""
-        if attn_mask is not None:
-            if prefix_len is not None:
-                raise ValueError("give prefix_len or attn_mask, not both (attn_mask replaces every mask)")
-            return explicit_mask(attn_mask, T, xp=self.xp)                       # (T, T) or (B, T, T)
-        if prefix_len is None:
-            return causal_mask(T, xp=self.xp)                                    # (T, T)
-        if self.config.attention != "prefix":
-            raise ValueError(f"prefix_len: this model has attention={self.config.attention!r}; only "
+            if prefix_len is not None or pad_len is not None:
+                raise ValueError("give prefix_len / pad_len or attn_mask, not both (attn_mask replaces every mask)")
+            return [self._batch_sized(explicit_mask(attn_mask, T, xp=self.xp), B, "attn_mask")] * cfg.n_layer
+        if prefix_len is not None and cfg.attention != "prefix":
+            raise ValueError(f"prefix_len: this model has attention={cfg.attention!r}; only "
                              f"attention='prefix' models (GLM, ChatGLM-6B) take a prefix")
-        return prefix_mask(T, prefix_len, xp=self.xp)                            # (T, T) or (B, T, T)
+        masks = {}                                                               # local kind -> mask, built once
+        for kind in {cfg.local_attention(i) for i in range(cfg.n_layer)}:
+            mask = attention_mask(T, past + T, prefix_len, pad_len, kind, cfg.attn_window, xp=self.xp)
+            masks[kind] = self._batch_sized(mask, B, "prefix_len / pad_len")    # (T, S) or (B, T, S)
+        return [masks[cfg.local_attention(i)] for i in range(cfg.n_layer)]
+
+    @staticmethod
+    def _batch_sized(mask, B, given):
+        if mask.ndim == 3 and mask.shape[0] != B:
+            raise ValueError(f"{given}: one per sample expected, got a mask of shape {mask.shape} for a batch "
+                             f"of B={B}: expected shape (B,) = ({B},) for prefix_len / pad_len, (B, T, T) for "
+                             f"attn_mask")
+        return mask

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minigpt.masks import (banded_mask, causal_mask, explicit_mask, make_mask, prefix_mask,
+from minigpt.masks import (attention_mask, banded_mask, causal_mask, explicit_mask, make_mask, prefix_mask,
                            sliding_window_mask)
 
 
@@ -155,3 +155,35 @@ def test_explicit_mask_empty_row_in_a_batch_is_error_naming_the_sample():
     m[2, 0] = False
     with pytest.raises(ValueError, match=r"2 row\(s\) allow no key: \(batch 1, row 3\), \(batch 2, row 0\);"):
         explicit_mask(m, 4)
+
+
+# --- attention_mask: the one rule, with a KV cache and left padding ----------------------------------
+@pytest.mark.parametrize("kwargs", [dict(), dict(prefix_len=3), dict(local="banded", window=3),
+                                    dict(local="sliding", window=2), dict(pad_len=np.array([0, 2]))])
+def test_attention_mask_cached_rows_are_the_last_rows(kwargs):
+    """T queries after S - T cached positions see what the last T rows of the full (S, S) mask see."""
+    full = attention_mask(7, **kwargs)
+    for T in (1, 3):
+        np.testing.assert_array_equal(attention_mask(T, 7, **kwargs), full[..., 7 - T:, :])
+
+
+def test_attention_mask_left_padding():
+    m = attention_mask(5, pad_len=np.array([0, 2]))                           # (2, 5, 5)
+    np.testing.assert_array_equal(m[0], causal_mask(5))
+    assert m[1, 2:, :2].sum() == 0                                            # real tokens never see padding
+    np.testing.assert_array_equal(m[1, :2], np.eye(5, dtype=bool)[:2])        # padding sees only itself
+    np.testing.assert_array_equal(m[1, 2:, 2:], causal_mask(3))               # the rest is the unpadded mask
+
+
+def test_attention_mask_banded_blocks_start_at_the_first_real_token():
+    m = attention_mask(7, local="banded", window=2, pad_len=np.array([3]))    # (1, 7, 7)
+    np.testing.assert_array_equal(m[0, 3:, 3:], banded_mask(4, 2))
+
+
+def test_attention_mask_bad_arguments():
+    with pytest.raises(ValueError, match="S=3 keys for T=4 queries"):
+        attention_mask(4, 3)
+    with pytest.raises(ValueError, match="local='dilated'"):
+        attention_mask(4, local="dilated", window=2)
+    with pytest.raises(ValueError, match=r"pad_len=\[5\] out of range"):
+        attention_mask(4, pad_len=np.array([1, 5]))

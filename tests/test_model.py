@@ -307,14 +307,17 @@ def test_model_bad_ids_is_error(ids, match):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("glm", dict(prefix_len=9), r"sep=\[9\].*prefix_len"),
-    ("glm", dict(prefix_len=np.array([2, -1])), r"sep=\[-1\]"),
+    ("glm", dict(prefix_len=9), r"prefix_len=\[9\] out of range: expected 0 <= prefix_len <= 8"),
+    ("glm", dict(prefix_len=np.array([2, -1])), r"prefix_len=\[-1\]"),
     ("glm", dict(prefix_len=np.array([1, 2, 3])), r"shape \(B,\)"),
-    ("glm", dict(prefix_len=2.5), "sep=2.5: expected an int"),
+    ("glm", dict(prefix_len=2.5), "prefix_len=2.5: expected an int"),
     ("gpt2", dict(prefix_len=3), "attention='causal'"),
     ("glm", dict(prefix_len=3, attn_mask=causal_mask(T)), "not both"),
     ("gpt2", dict(attn_mask=np.ones((T, T))), "dtype float64"),
     ("gpt2", dict(attn_mask=np.ones((3, T, T), dtype=bool)), "B=2"),
+    ("gpt2", dict(pad_len=np.array([1, 2, 3])), r"shape \(B,\)"),
+    ("gpt2", dict(pad_len=9), r"pad_len=\[9\] out of range"),
+    ("gpt2", dict(pad_len=1, attn_mask=causal_mask(T)), "not both"),
     ("gpt2", dict(position_ids=np.arange(1, T + 1)), "position id 8 .*max_seq_len = 8"),
     ("gpt2", dict(position_ids=np.arange(T - 1)), "position_ids"),
     ("llama", dict(position_ids=-np.arange(T)), "position_ids: -1"),
