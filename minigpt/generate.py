@@ -84,7 +84,8 @@ def left_pad(prompts, pad_id=0):
 
 
 def _check_length(config, T, max_new_tokens):
-    """A learned position table has max_seq_len rows: the prompt and the new tokens must fit in it."""
+    """A learned position table has max_seq_len rows: the prompt and the new tokens must fit in it (GLM's
+    blank filling; generate slides its context instead)."""
     if config.position_tables and T + max_new_tokens > config.max_seq_len:
         raise ValueError(f"a prompt of {T} tokens and max_new_tokens={max_new_tokens} make {T + max_new_tokens} "
                          f"positions, but this model's position table has max_seq_len={config.max_seq_len}")
@@ -103,28 +104,45 @@ def generate_stream(model, prompt, max_new_tokens=64, temperature=1.0, top_k=Non
                     stop_tokens=(), pad_id=0):
     """Yields the new token ids of every step: an int for one prompt, an int array (B,) for a batch.
     Stops after max_new_tokens, or when every sequence has produced one of stop_tokens (a finished
-    sequence keeps being fed, its later tokens are not part of its answer: see generate)."""
+    sequence keeps being fed, its later tokens are not part of its answer: see generate).
+    A model with a learned position table sees at most max_seq_len positions: when the sequence
+    reaches that, the context slides, the cache is rebuilt from the last max_seq_len // 2 tokens."""
     _check_sampling(temperature, top_k, top_p, max_new_tokens)
     prompts, single = _as_prompts(prompt)
     ids, pad_len = left_pad(prompts, pad_id)                                 # (B, T), (B,)
-    B, T = ids.shape
-    _check_length(model.config, T, max_new_tokens)
-    cache = KVCache(model, B, T + max_new_tokens, pad_len=pad_len)
+    limit = model.config.max_seq_len if model.config.position_tables else None
+    if limit is not None and ids.shape[1] > limit:
+        raise ValueError(f"a prompt of {ids.shape[1]} tokens is longer than this model's position table "
+                         f"(max_seq_len={limit})")
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()                                                             # no dropout while generating
     try:
-        logits = model.forward(ids, kv_cache=cache)[:, -1]                   # (B, V) the prefill
-        done = np.zeros(B, dtype=bool)
+        cache, logits = _prefill(model, ids, pad_len, max_new_tokens, limit)    # logits (B, V)
+        done = np.zeros(len(ids), dtype=bool)
         for _ in range(max_new_tokens):
             token = sample_next(logits, rng, temperature, top_k, top_p)      # (B,)
             yield int(token[0]) if single else token
             done |= np.isin(token, list(stop_tokens))
-            if done.all() or cache.length == cache.capacity:
+            if done.all():
                 return
-            logits = model.forward(token[:, None], kv_cache=cache)[:, -1]   # (B, V) one position each
+            ids = np.concatenate([ids, token[:, None]], axis=1)              # (B, T + 1)
+            if cache.length == cache.capacity:                               # the position table is full
+                keep = limit // 2
+                pad_len = np.maximum(pad_len - (ids.shape[1] - keep), 0)
+                ids = ids[:, -keep:]
+                cache, logits = _prefill(model, ids, pad_len, max_new_tokens, limit)
+            else:
+                logits = model.forward(token[:, None], kv_cache=cache)[:, -1]   # (B, V) one position each
     finally:
         model.train(was_training)
+
+
+def _prefill(model, ids, pad_len, max_new_tokens, limit):
+    """A KVCache for the sequences so far (B, T) and the logits (B, V) of their last position."""
+    capacity = ids.shape[1] + max_new_tokens if limit is None else min(ids.shape[1] + max_new_tokens, limit)
+    cache = KVCache(model, len(ids), capacity, pad_len=pad_len)
+    return cache, model.forward(ids, kv_cache=cache)[:, -1]
 
 
 def generate(model, prompt, max_new_tokens=64, temperature=1.0, top_k=None, top_p=None, seed=0,

@@ -160,6 +160,18 @@ class Model:
         check_tensor_set("params do not fit the config", expected, params)
         return {k: to_device(params[k], self.device, self.dtype) for k in expected}
 
+    def attention_maps(self):
+        """The attention probabilities of the last forward, one (B, H, T, S) array per layer (for plots)."""
+        if self._cache is None:
+            raise ValueError("attention_maps: no forward to read (call forward first, without a kv_cache)")
+        maps = []
+        for block in self._cache.blocks:
+            probs = block.attn.attention.probs                                   # (B, Hkv, g*T, S)
+            B, Hkv, gT, S = probs.shape
+            g = self.config.n_head // Hkv
+            maps.append(probs.reshape(B, Hkv * g, gT // g, S))                   # (B, H, T, S)
+        return maps
+
     def num_params(self):
         """How many numbers the model learns."""
         return sum(int(p.size) for p in self.params.values())

@@ -33,9 +33,9 @@ def figure_dir():
     return folder
 
 
-def save_figure(fig, name):
-    """Save fig as <figure_dir>/<name>.png, close it, and return the path."""
-    path = figure_dir() / f"{name}.png"
+def save_figure(fig, name, folder=None):
+    """Save fig as <folder or figure_dir()>/<name>.png, close it, and return the path."""
+    path = (figure_dir() if folder is None else Path(folder)) / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -152,8 +152,9 @@ def plot_positional_encoding(pe, name, title="positional encoding", channels=Non
     return save_figure(fig, name)
 
 
-def plot_curves(curves, name, xlabel="step", ylabel="loss", title=None):
-    """Line plot of {label: values} (x = 0, 1, ...) or {label: (xs, values)}, one line per label."""
+def plot_curves(curves, name, xlabel="step", ylabel="loss", title=None, folder=None):
+    """Line plot of {label: values} (x = 0, 1, ...) or {label: (xs, values)}, one line per label,
+    saved in folder (default: figure_dir())."""
     if not curves:
         raise ValueError("plot_curves: no curves to plot")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -169,4 +170,4 @@ def plot_curves(curves, name, xlabel="step", ylabel="loss", title=None):
     ax.set_title(title if title is not None else f"{ylabel} against {xlabel}")
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, name)
+    return save_figure(fig, name, folder)

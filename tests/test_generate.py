@@ -127,12 +127,27 @@ def test_sample_next_top_k_and_top_p_supports():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"), (dict(max_new_tokens=-1), "max_new_tokens"), (dict(max_new_tokens=30), "max_seq_len"),
+    (dict(top_p=1.5), "top_p"), (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(prompt=list(range(25))), "longer than this model's position table"),
 ])
 def test_generate_bad_arguments(kwargs, match):
     model = tiny_model("gpt2")
     with pytest.raises(ValueError, match=match):
-        generate(model, [1, 2, 3], **{"max_new_tokens": 4, **kwargs})
+        generate(model, **{"prompt": [1, 2, 3], "max_new_tokens": 4, **kwargs})
+
+
+def test_generate_past_the_position_table_slides_the_context():
+    """max_seq_len = 24: greedy generation of 40 tokens after a 5-token prompt. Whenever the sequence
+    outgrows the table, the context restarts from its last 12 tokens (positions from 0 again): the same
+    tokens as recomputing each step over that window without a cache."""
+    model = tiny_model("gpt2")
+    out = generate(model, [1, 2, 3, 4, 5], max_new_tokens=40, temperature=0)
+    seq, start = [1, 2, 3, 4, 5], 0
+    for _ in range(40):
+        if len(seq) - start > 24:                                            # no position 24 to feed
+            start = len(seq) - 12
+        seq.append(int(model.forward(np.array([seq[start:]]))[0, -1].argmax()))
+    assert out == seq
 
 
 # --- generate ------------------------------------------------------------------------------------

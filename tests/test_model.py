@@ -364,3 +364,20 @@ def test_model_given_params_are_checked():
         Model(cfg, params={**params, "blocks.0.attn.wk": params["blocks.0.attn.wq"]})
     with pytest.raises(ValueError, match="ModelConfig"):
         Model({"n_layer": 2})
+
+
+def test_model_attention_maps_are_each_heads_softmax():
+    """attention_maps() reads the last forward's probabilities: per layer (B, H, T, T), rows summing to 1,
+    causal, and head h's map is attention over the q of head h and the k of its kv head h // g."""
+    from minigpt.layers.attention import attention_forward
+    model = Model(tiny("llama"), seed=0, dtype="float64")                  # 4 query heads, 2 kv heads
+    ids, _ = batch()
+    model.forward(ids)
+    maps = model.attention_maps()
+    assert len(maps) == 2 and maps[0].shape == (B, 4, T, T)
+    np.testing.assert_allclose(maps[1].sum(axis=-1), 1.0, rtol=1e-12)
+    assert np.all(np.triu(maps[1], 1) == 0)
+    cache = model._cache.blocks[1].attn.attention
+    q = cache.q_grouped.reshape(B, 4, T, -1)                                # (B, H, T, D)
+    _, _, probs = attention_forward(q, cache.k, cache.v, causal_mask(T), return_probs=True)
+    np.testing.assert_allclose(maps[1], probs, rtol=1e-12)
