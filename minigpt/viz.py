@@ -1,9 +1,11 @@
 """Pictures for the lessons: masks, attention maps, positional encodings, loss curves.
 
 Everything draws with matplotlib's Agg backend (no display needed) and saves a PNG into
-the figure folder: $MINIGPT_FIGURES, else ./figures.
+the figure folder: $MINIGPT_FIGURES, else ./figures (relative to where you run: a notebook opened
+in lessons/ writes lessons/figures). In a notebook the saved PNG is also shown under the cell.
 """
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -38,7 +40,16 @@ def save_figure(fig, name, folder=None):
     path = (figure_dir() if folder is None else Path(folder)) / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    _show_inline(path)
     return path
+
+
+def _show_inline(path):
+    """In a notebook (an IPython kernel runs this code), show the saved PNG under the cell; elsewhere nothing."""
+    if "ipykernel" not in sys.modules:
+        return
+    from IPython.display import Image, display
+    display(Image(filename=str(path)))
 
 
 def _labels(ax, axis, labels, n):

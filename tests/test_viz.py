@@ -100,3 +100,23 @@ def test_plot_curves_writes_png():
 def test_plot_curves_empty_is_error():
     with pytest.raises(ValueError, match="no curves"):
         viz.plot_curves({}, "bad", "step", "loss")
+
+
+def test_save_figure_shows_the_png_inline_in_a_notebook(tmp_path, monkeypatch):
+    """Under an IPython kernel the saved PNG is displayed (the figure shows under the cell); elsewhere not."""
+    import sys
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from minigpt import viz
+    shown = []
+    display_module = types.SimpleNamespace(Image=lambda filename: ("image", filename), display=shown.append)
+    monkeypatch.setitem(sys.modules, "IPython.display", display_module)
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(display=display_module))
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    viz.save_figure(plt.figure(), "plain", folder=tmp_path)
+    assert shown == []
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    path = viz.save_figure(plt.figure(), "inline", folder=tmp_path)
+    assert shown == [("image", str(path))] and path.exists()
