@@ -31,6 +31,8 @@ setup(
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7", "hypothesis>=6", "jupytext>=1.14"],  # jupytext: lessons parse as notebooks
         "parity": ["torch", "transformers>=5", "tokenizers"],
+        # python lessons/build_book.py: run the lessons as notebooks, write them as HTML pages
+        "book": ["jupytext>=1.14", "nbformat>=5.9", "nbclient>=0.10", "nbconvert>=7.16", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["minigpt=minigpt.cli:main"]},
 )
