@@ -22,7 +22,8 @@
 # - why a Transformer needs position information at all, and the two classic ways to give it (位置编码):
 #   a learned table (GPT-1, GPT-2, GPT-3) and the fixed sinusoidal encoding of the original Transformer, drawn as a heatmap;
 # - a fact worth getting right: **GPT-1 learned its positions.** The textbook describes sinusoidal position encoding
-#   for GPT-1, but the GPT-1 paper says: *"We used learned position embeddings instead of the sinusoidal version
+#   for GPT-1 (*"GPT 沿用了 Transformer 的经典 Sinusoidal 位置编码"*, GPT kept the Transformer's classic sinusoidal
+#   encoding), but the GPT-1 paper says: *"We used learned position embeddings instead of the sinusoidal version
 #   proposed in the original work."*
 #
 # The first layer of every GPT turns token ids (B, T) into vectors (B, T, C):
@@ -241,7 +242,8 @@ pe = sinusoidal_encoding(p, C_pe, dtype="float64")     # (T, C)
 pe32 = sinusoidal_encoding(p, C_pe)                    # (T, C) float32, the default
 print("rel_error(from scratch, library):", f"{rel_error(pe_np, pe):.1e}", "| default dtype:", pe32.dtype)
 pe_png = plot_positional_encoding(pe, "02_sinusoidal_encoding",
-                                  title=f"sinusoidal position encoding, T={T_pe}, C={C_pe}")
+                                  title=f"sinusoidal position encoding, T={T_pe}, C={C_pe}",
+                                  colorbar_label="PE[p, c] (sin or cos, in [-1, 1])", wspace=0.35)
 print("saved", pe_png)
 
 # %% [markdown]

@@ -123,14 +123,17 @@ ax_f.plot(xs, np.maximum(xs, 0), color="grey", linestyle=":", label="ReLU")
 ax_f.plot(xs, gelu_lib, label="GELU (erf)")
 ax_f.plot(xs, gelu_tanh_lib, linestyle="--", label="GELU (tanh)")
 ax_f.set_title("activations")
+ax_f.set_ylabel("f(x)")
 ax_f.legend()
 ax_d.plot(xs, diff)
 ax_d.set_title("GELU(erf) - GELU(tanh)")
+ax_d.set_ylabel("GELU_erf(x) - GELU_tanh(x)")
 ax_d.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
 ax_g.plot(xs, (xs > 0).astype(float), color="grey", linestyle=":", label="ReLU'")
 ax_g.plot(xs, dgelu_lib, label="GELU' (erf)")
 ax_g.plot(xs, dgelu_tanh_lib, linestyle="--", label="GELU' (tanh)")
 ax_g.set_title("derivatives")
+ax_g.set_ylabel("f'(x) = df/dx")
 ax_g.legend()
 for ax in (ax_f, ax_d, ax_g):
     ax.set_xlabel("x")
@@ -155,8 +158,11 @@ print("gradient check:", {k: f"{v:.1e}" for k, v in activation_errors.items()})
 #
 # $$ h = x W_1 + b_1 \ (F), \qquad a = \operatorname{GELU}(h) \ (F), \qquad y = a W_2 + b_2 \ (C), \qquad F = 4C . $$
 #
-# GPT-1 used $F = 3072$ for $C = 768$, exactly $4C$, and GPT-2 and GPT-3 kept the ratio. The same $W_1, W_2$ serve every
-# position, so the layer is applied to a $(B, T, C)$ batch as two matrix products over $N = BT$ rows.
+# GPT-1 used $F = 3072$ for $C = 768$, exactly $4C$ (the paper: *"3072 dimensional inner states"*), and GPT-2 and
+# GPT-3 kept the ratio. "Hidden" means two different things here: the MLP's hidden layer has $F$ units, while the
+# model's hidden states have $C$ channels. The textbook's size table prints $F$ (3072, 6400, 49152) in a column it
+# calls "Hidden_size"; lesson 13 sorts the two out. The same $W_1, W_2$ serve every position, so the layer is applied
+# to a $(B, T, C)$ batch as two matrix products over $N = BT$ rows.
 #
 # **Backward**, bottom up, with the pieces we have:
 #

@@ -21,6 +21,9 @@
 # - the gradient $\operatorname{softmax}(z) - \text{onehot}(y)$, derived and checked;
 # - `ignore_index` and loss masks: padding, and counting only some tokens;
 # - a first training run: a bigram model whose loss falls to a floor we can compute by hand.
+#
+# (The textbook spells the objective "Casual Language Model"; the term is *causal*: each prediction may depend only
+# on what came before it, as an effect depends on its causes.)
 
 # %%
 import os
@@ -264,7 +267,9 @@ print(f"loss at step 0: {losses[0]:.4f} (log 5 = {np.log(5):.4f}); after {steps}
       f"floor {floor:.4f}")
 p_after_tian = np.exp(log_softmax(W[ids[1]]))               # (V,) the model's p(. | 天)
 print("p(next | 天):", {tokenizer.chars[v]: round(float(p), 3) for v, p in enumerate(p_after_tian)})
-curve_png = plot_curves({"bigram model": losses, "floor 2 log 2 / 5": [floor] * steps}, "07_bigram_loss",
+curve_png = plot_curves({"bigram model (gradient descent)": losses,
+                         f"floor = 2 log 2 / 5 = {floor:.3f}\n(no bigram model can go lower)": [floor] * steps},
+                        "07_bigram_loss",
                         xlabel="step", ylabel="cross-entropy (nats)",
                         title="CLM loss of a bigram model on one sentence")
 print("saved", curve_png)

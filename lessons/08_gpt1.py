@@ -22,7 +22,9 @@
 #   and compared with `minigpt.Model`;
 # - the whole model: embeddings in, a tied output head out, and why the tied embedding gets two gradients;
 # - a whole-model gradient check in float64, every parameter tensor, and two traps it has to step around;
-# - positions: GPT-1 **learned** its position embeddings; the textbook says sinusoidal. Both are one switch here.
+# - positions: GPT-1 **learned** its position embeddings; the textbook says sinusoidal. Both are one switch here;
+# - the textbook's GPT-1 checked point by point: post-norm (the chapter describes pre-norm), its size, its data
+#   (BooksCorpus), and how it compares with BERT-base.
 #
 # GPT-1 is the causal language model (因果语言模型) of lesson 07 with a Transformer decoder in the middle:
 # token ids $(B, T)$ in, next-token logits $(B, T, V)$ out.
@@ -298,7 +300,7 @@ counted = {name: sum(int(np.prod(shapes[k])) for k in keys) for name, keys in gr
 total = num_params(published)["total"]
 for name, n in counted.items():
     print(f"{name:32s} {n:>12,} {n / total:7.1%}")
-print(f"{'total':32s} {total:>12,}   (the paper: 117M)")
+print(f"{'total':32s} {total:>12,}   (117M in the GPT-2 paper)")
 L_, C_, V_, P_ = published.n_layer, published.d_model, published.vocab_size, published.max_seq_len
 formula = (V_ + P_) * C_ + L_ * (12 * C_ * C_ + 13 * C_)
 print(f"formula (V + T_max) C + L (12 C^2 + 13 C) = {formula:,}")
@@ -306,6 +308,52 @@ print(f"formula (V + T_max) C + L (12 C^2 + 13 C) = {formula:,}")
 # %% [markdown]
 # A quarter of GPT-1 is its vocabulary table; the blocks are $12 \times 7.09$M. Lesson 13 does this counting for
 # GPT-2 and GPT-3, where the blocks dominate completely.
+#
+# ## The textbook's GPT-1, checked
+#
+# The chapter describes GPT-1 as *"使用了 12层 Decoder Block 和 768 的隐藏层维度，模型参数量仅有 1.17亿（0.12B），在大小为
+# 5GB 的 BooksCorpus 数据集上预训练得到"* (12 decoder blocks, hidden size 768, only 117 million parameters, pretrained on
+# the 5 GB BooksCorpus), and compares it with BERT-base: *"GPT-1 的参数规模与预训练规模和 BERT-base 是大致相当的"* (about
+# the same size and pretraining data as BERT-base). Its walk through the block says the LayerNorm was moved *before*
+# attention: *"将 LayerNorm 层从 Transformer 的注意力层之后提到了注意力层之前"*, then *"会先进行 LayerNorm，再进行掩码注意力计算"*.
+#
+# The architecture is easy to test: in GPT-1's post-norm block the last operation is a LayerNorm, so every block's
+# output, undone by that LayerNorm's scale and shift, has mean 0 and variance 1 at every position. A pre-norm block
+# ends with a residual sum and has no such property.
+
+# %%
+CHAPTER_GPT1 = {"layers": 12, "hidden": 768, "params": 1.17e8}          # "12层 ... 768 ... 1.17亿"
+BERT_BASE = {"params": 110e6, "words": 800e6 + 2500e6}                  # BERT paper: BooksCorpus + English Wikipedia
+GPT1_WORDS = 800e6                                                      # BooksCorpus, as BERT counts it
+fresh = Model(cfg, seed=1, dtype="float64")
+h = embedding_forward(ids, fresh.params["wte"])[0] + learned_position_forward(pos, fresh.params["wpe"])[0]  # (B, T, C)
+post_out, _ = block_forward(h, fresh.params, 0)                         # (B, T, C) GPT-1's block
+z = (post_out - fresh.params["blocks.0.norm2.b"]) / fresh.params["blocks.0.norm2.w"]   # (B, T, C) LN2's scale undone
+pre = Model(ModelConfig.preset("gpt1", n_layer=2, d_model=32, n_head=4, max_seq_len=8, vocab_size=50,
+                               norm_placement="pre"), seed=1, dtype="float64")
+pre_out, _ = pre.block_forward(h, 0, mask, pre.block_context(B, T))     # (B, T, C) the chapter's description
+print(f"GPT-1 block output: per-position mean within {np.abs(z.mean(-1)).max():.1e} of 0, "
+      f"variance {z.var(-1).min():.6f}..{z.var(-1).max():.6f}")
+print(f"pre-norm block output: variance {pre_out.var(-1).min():.4f}..{pre_out.var(-1).max():.4f} (the stream's scale)")
+print(f"chapter: {CHAPTER_GPT1['layers']} layers, C = {CHAPTER_GPT1['hidden']}, {CHAPTER_GPT1['params'] / 1e6:.0f}M | "
+      f"preset: {published.n_layer} layers, C = {published.d_model}, {total / 1e6:.1f}M")
+print(f"BERT-base: {BERT_BASE['params'] / 1e6:.0f}M parameters, {BERT_BASE['words'] / 1e9:.1f}B words; "
+      f"GPT-1: {total / 1e6:.0f}M, {GPT1_WORDS / 1e9:.1f}B words ({BERT_BASE['words'] / GPT1_WORDS:.1f}x less text)")
+
+# %% [markdown]
+# > **Textbook vs sources: GPT-1**
+# >
+# > | | the chapter | the primary sources |
+# > |---|---|---|
+# > | LayerNorm | moved before attention (pre-norm) | **post-norm**, as in the 2017 Transformer: OpenAI's released code computes `norm(x + a)` and then `norm(n + m)`; the move to pre-norm is GPT-2's (lesson 11), which the chapter itself says later (*"将 Post-Norm 改为了 Pre-Norm"*) |
+# > | positions | *"沿用了 Transformer 的经典 Sinusoidal 位置编码"* | **learned**: *"We used learned position embeddings instead of the sinusoidal version proposed in the original work"* |
+# > | MLP | *"两个一维卷积核"* (two 1-D convolutions), "no big difference" from linear layers | a width-1 convolution *is* a linear layer, exactly (lesson 05): OpenAI's `conv1d` is $xW + b$ |
+# > | size | 12 layers, 768, 1.17亿 | right; the 117M is the GPT-2 paper's (its smallest model is *"equivalent to the original GPT"*), the GPT-1 paper prints no total; the weights have 116,534,784 |
+# > | data | *"大小为 5GB 的 BooksCorpus"* | the paper gives no size in bytes: *"over 7,000 unique unpublished books"*; 5 GB is an estimate (lesson 13 redoes it) |
+# > | vs BERT-base | same size and same pretraining data | same size (110M), but BERT-base read BooksCorpus **and** English Wikipedia, 3.3B words against GPT-1's 0.8B: about 4x the text |
+#
+# The activation and the head are as the chapter says: GELU (the paper: *"For the activation function, we used the
+# Gaussian Error Linear Unit (GELU)"*) and a linear layer to the vocabulary, here tied to the token table.
 #
 # ## Summary
 # - GPT-1 = token + **learned** position embeddings → $L$ post-norm blocks → tied head $h_L W_e^\top$, no final
@@ -317,6 +365,8 @@ print(f"formula (V + T_max) C + L (12 C^2 + 13 C) = {formula:,}")
 # - A whole-model gradient check needs weights moved off their tiny initialisation, and an absolute comparison for
 #   gradients that are exactly zero (the key bias).
 # - $N = (V + T_{\max})C + L(12C^2 + 13C)$: 116.5M for GPT-1.
+# - Against the textbook: GPT-1 is post-norm with learned positions (pre-norm came with GPT-2); 12 layers, $C = 768$,
+#   117M as printed; its BooksCorpus is sized in books, not bytes, and is about a quarter of BERT-base's text.
 #
 # ## Exercises
 # 1. Remove the `move_off_init(model)` line and rerun the gradient check. Which tensors fail, and by how much? Explain the
@@ -342,5 +392,11 @@ assert max(sin_errors.values()) < 1e-6, sin_errors
 assert "wpe" in model.params and "wpe" not in sin_model.params and sin_diff < 1e-12
 assert saved == published.max_seq_len * published.d_model == 512 * 768
 assert formula == total == 116_534_784 and abs(total / 117e6 - 1) < 0.01
+assert (published.n_layer, published.d_model) == (CHAPTER_GPT1["layers"], CHAPTER_GPT1["hidden"])
+assert round(total / 1e9, 2) == 0.12 and abs(total / CHAPTER_GPT1["params"] - 1) < 0.01     # "1.17亿（0.12B）"
+assert published.norm_placement == "post" and not published.final_norm and published.positions == "learned"
+assert np.abs(z.mean(-1)).max() < 1e-12 and np.abs(z.var(-1) - 1).max() < 1e-3   # a LayerNorm ends GPT-1's block
+assert pre_out.var(-1).max() < 0.1                              # a pre-norm block's output is the small raw stream
+assert abs(total / BERT_BASE["params"] - 1) < 0.1 and BERT_BASE["words"] / GPT1_WORDS > 4
 assert check_png.exists()
 print("lesson 08 OK")

@@ -20,7 +20,8 @@
 #   more LayerNorm after the last block, and residual projections initialised with std $0.02/\sqrt{2L}$;
 # - why pre-norm gives the gradient a path that no LayerNorm touches, derived from the backward pass;
 # - how to measure gradient norms per layer at initialisation, post-norm against pre-norm, in a 12-layer model;
-# - why the residual stream grows with depth, and how the scaled initialisation stops it (measured).
+# - why the residual stream grows with depth, and how the scaled initialisation stops it (measured);
+# - the textbook's GPT-2 (sizes, WebText, zero-shot 零样本学习) checked against the paper and the presets.
 #
 # The paper, section 2.3: *"Layer normalization was moved to the input of each sub-block, similar to a
 # pre-activation residual network and an additional layer normalization was added after the final self-attention
@@ -37,6 +38,7 @@ import os
 import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
+from minigpt.config import num_params
 from minigpt.data import load_corpus
 from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.attention import attention_forward, merge_heads, split_heads
@@ -344,6 +346,38 @@ errors = check_model_gradients(check_model, c_ids, c_targets, entries=4 if FAST 
 print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(errors, key=errors.get)})")
 
 # %% [markdown]
+# ## GPT-2 in the textbook: sizes, data, zero-shot
+#
+# The chapter: GPT-2 *"将 Post-Norm 改为了 Pre-Norm"* (changed post-norm to pre-norm) because *"由于模型层数增加、体量增大，
+# 梯度消失和爆炸的风险也不断增加"* (with more layers and a bigger model, the risk of vanishing and exploding gradients
+# grows): the measurements above are that argument in numbers. Its sizes: *"GPT-2 的 Decoder Block 层数达到了48（注意，
+# GPT-2 共发布了四种规格的模型，此处我们仅指规格最大的 GPT-2 模型），隐藏层维度达到了 1600，模型整体参数量达 15亿（1.5B），
+# 使用了自己抓取的 40GB 大小的 WebText 数据集进行预训练"* (48 blocks, four released sizes of which this is the largest,
+# hidden size 1600, 1.5B parameters, pretrained on WebText, 40 GB, crawled by OpenAI), *"不管是模型结构还是预训练大小都超过了
+# 1代一个数量级"* (an order of magnitude beyond GPT-1 in both). The four sizes are presets:
+
+# %%
+CHAPTER_GPT2 = {"layers": 48, "hidden": 1600, "params": 1.5e9, "corpus_GB": 40, "sizes": 4}
+GPT1_PARAMS, GPT1_CORPUS_GB = 117e6, 5                                    # lesson 08 / the chapter's table
+sizes = {name: ModelConfig.preset(name) for name in ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+for name, c in sizes.items():
+    print(f"{name:12} {c.n_layer:>3} layers  C = {c.d_model:>5}  {c.n_head:>3} heads  "
+          f"{num_params(c)['total']:>14,} parameters")
+xl = sizes["gpt2-xl"]
+xl_params = num_params(xl)["total"]
+print(f"GPT-2 XL over GPT-1: {xl_params / GPT1_PARAMS:.1f}x the parameters, "
+      f"{CHAPTER_GPT2['corpus_GB'] / GPT1_CORPUS_GB:.0f}x the text")
+
+# %% [markdown]
+# All as printed: 48 layers and $C = 1600$ for the largest of four sizes, 1.5B parameters (the GPT-2 paper's "1542M";
+# the released weights have 1.56B, see lesson 13), and the paper's own figure for WebText, *"slightly over 8 million
+# documents for a total of 40 GB of text"*. "An order of magnitude" is 13x in parameters and 8x in text.
+#
+# The chapter also gives GPT-2 its aim: **zero-shot** (零样本学习), *"不对模型进行微调，直接要求模型解决任务"* (no
+# fine-tuning: ask the model to solve the task directly), by describing the task in the prompt; the GPT-2 paper's title
+# says it, "Language Models are Unsupervised Multitask Learners". Lesson 12 compares zero-shot and few-shot prompts on a
+# tiny trained model, and lesson 13 follows the idea to GPT-3's few-shot prompts.
+#
 # ## Summary
 # - Pre-norm, $x \leftarrow x + f(\mathrm{LN}(x))$: the backward is "$g$ plus a branch" at every sublayer, so the loss
 #   gradient reaches every layer along the residual stream untouched by any LayerNorm. Post-norm multiplies it by
@@ -354,6 +388,8 @@ print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(erro
 # - Pre-norm never normalizes the stream, so GPT-2 adds a final LayerNorm before the head.
 # - Scaled residual init, std $0.02/\sqrt{2L}$ on $W_o$ and $W_{\text{down}}$: the stream's added variance drops by
 #   $\approx 2L$ and no longer grows with depth.
+# - The textbook's GPT-2 (48 layers, $C = 1600$, 1.5B, 40 GB of WebText, four sizes) matches the paper and the presets;
+#   its aim was zero-shot: tasks described in the prompt, no fine-tuning.
 #
 # ## Exercises
 # 1. Change `wirings` to use `init_std=0.1` for all three models. What happens to the post-norm curve, and to the
@@ -386,5 +422,9 @@ for depth, ratio in ratios.items():
 assert abs(g2.params["blocks.3.attn.wo"].std() / (0.02 / np.sqrt(2 * L)) - 1) < 0.05
 assert abs(g2.params["blocks.3.attn.wq"].std() / 0.02 - 1) < 0.05
 assert max(errors.values()) < 1e-6, {k: e for k, e in errors.items() if e >= 1e-6}
+assert (xl.n_layer, xl.d_model, xl.n_head) == (CHAPTER_GPT2["layers"], CHAPTER_GPT2["hidden"], 25)
+assert len(sizes) == CHAPTER_GPT2["sizes"] and max(c.n_layer for c in sizes.values()) == 48
+assert round(1542e6 / 1e9, 1) == CHAPTER_GPT2["params"] / 1e9 and abs(xl_params / 1542e6 - 1) < 0.011   # paper vs weights
+assert 8 <= xl_params / GPT1_PARAMS < 20 and CHAPTER_GPT2["corpus_GB"] / GPT1_CORPUS_GB == 8   # "一个数量级", roughly
 assert grad_png.exists() and var_png.exists()
 print("lesson 11 OK")

@@ -17,9 +17,12 @@
 # **You will learn**
 # - to count a GPT's parameters from its shapes, $N \approx 12 L C^2$, and check the count against the published
 #   sizes of GPT-1, GPT-2 and GPT-3;
-# - to check a printed size table against the architecture, and find which of its columns were swapped;
+# - to read the textbook's GPT size table column by column: its "Hidden_size" is the MLP width $4C$ and its
+#   "注意力维度" (attention dimension) is $d_\text{model}$, and why those names confuse;
+# - what GPT-1, GPT-2 and GPT-3 were pretrained on (预训练语料), and which printed sizes the papers actually give;
 # - the training compute of a dense Transformer, $6N$ FLOPs per token (forward 2, backward 4), plus attention, and
 #   GPT-3's budget $6ND \approx 3.14 \times 10^{23}$ FLOPs, in A100-days;
+# - zero-shot, few-shot and in-context learning (上下文学习), and the three training stages from GPT-3 to ChatGPT;
 # - GPT-3's alternating dense and locally banded attention (稀疏注意力, sparse attention): the masks, what a banded
 #   layer can and cannot see, and why alternating keeps the whole context in reach.
 #
@@ -29,12 +32,13 @@
 
 # %%
 import os
-from itertools import combinations
+import re
 
 import numpy as np
 
 from minigpt import Model, ModelConfig, cross_entropy
 from minigpt.config import flops_per_token, num_params
+from minigpt.data import load_corpus
 from minigpt.gradcheck import check_model_gradients, move_off_init
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.norms import layernorm_forward
@@ -84,8 +88,9 @@ def gpt_train_flops(L, C, V, T, non_embedding):
     return 6 * (non_embedding + V * C) + 12 * L * T * C
 
 
-PUBLISHED = {  # parameters as published: GPT-1 paper; GPT-2 as OpenAI's released models (their corrected
-    # counts: the paper had printed 117M/345M/762M/1542M); GPT-3 paper, Table 2.1
+PUBLISHED = {  # parameters as published: GPT-1, the 117M the GPT-2 paper gives its smallest model, "equivalent to the
+    # original GPT" (the GPT-1 paper prints no total); GPT-2 as OpenAI's released models (their corrected counts: the
+    # paper had printed 117M/345M/762M/1542M); GPT-3 paper, Table 2.1
     "openai-gpt": 117e6, "gpt2-small": 124e6, "gpt2-medium": 355e6, "gpt2-large": 774e6, "gpt2-xl": 1558e6,
     "gpt3-small": 125e6, "gpt3-medium": 350e6, "gpt3-large": 760e6, "gpt3-xl": 1.3e9, "gpt3-2.7b": 2.7e9,
     "gpt3-6.7b": 6.7e9, "gpt3-13b": 13e9, "gpt3-175b": 175e9,
@@ -113,93 +118,153 @@ for name, published in PUBLISHED.items():
 # Attention costs $T/6C$ times the blocks' matmuls: $0.44$ for GPT-3 Small ($T = 2048$, $C = 768$), a 23% share, but
 # $0.028$ for GPT-3 175B, a 2.7% share. At scale the cost is $6N$.
 #
-# ## The textbook's size table, checked
+# ## The textbook's size table, column by column
 #
-# The textbook summarises GPT-1, GPT-2 and GPT-3 in a small table: 117M parameters / 12 layers / hidden size 768,
-# 1.5B / 48 / 1600, and 175B / 96 / 12288. The numbers are right, but two of its columns are printed swapped.
-# Below is the table as printed, value for value in its printed columns (if your printing differs, edit
-# `TEXTBOOK_AS_PRINTED`). The code does not take our word for which columns are swapped: it compares every column
-# with the counts computed from the presets, then tries exchanging every pair of columns and keeps the exchanges
-# that make every row agree.
+# The chapter sums up GPT-1 to GPT-3 in one table ("下表总结了从 GPT-1 到 GPT-3 的模型结构、预训练语料大小的变化"), printed
+# like this:
+#
+# |模型|Decoder Layer|Hidden_size|注意力头数|注意力维度|总参数量|预训练语料|
+# |---|---|---|---|---|---|---|
+# |GPT-1|12|3072|12|768|0.12B|5GB|
+# |GPT-2|48|6400|25|1600|1.5B|40GB|
+# |GPT-3|96|49152|96|12288|175B|570GB|
+#
+# (注意力头数: attention heads; 注意力维度: attention dimension; 总参数量: total parameters; 预训练语料: pretraining
+# corpus.) Two column names need care. **"Hidden_size" holds $4C$**, the width of the MLP's hidden layer: GPT-1's paper
+# describes *"768 dimensional states and 12 attention heads"* and, for the MLP, *"3072 dimensional inner states"*.
+# **"注意力维度" holds $d_\text{model} = C$**, all heads together, $H \cdot D$. The names collide with Hugging Face
+# transformers, where `hidden_size` means $d_\text{model}$ (BERT, LLaMA; GPT-2's config keeps its own name `n_embd` and
+# maps `hidden_size` onto it) and the MLP width is `intermediate_size` (GPT-2: `n_inner`, None meaning $4C$; ChatGLM:
+# `ffn_hidden_size`). "Hidden" names the MLP's hidden layer in one vocabulary and the model's hidden states in the other.
+# The chapter's own prose uses the second meaning: GPT-1 has *"768 的隐藏层维度"*, GPT-2 *"隐藏层维度达到了 1600"*.
+#
+# Below, the table is quoted as a dict, cell for cell, and each column is asked of the presets: nothing from the table
+# is typed a second time.
 
 # %%
-TEXTBOOK_AS_PRINTED = {  # the textbook's values, in the columns it printed them in
-    "GPT-1": dict(params=117e6, n_layer=768, d_model=12),
-    "GPT-2": dict(params=1.5e9, n_layer=1600, d_model=48),
-    "GPT-3": dict(params=175e9, n_layer=12288, d_model=96),
+TEXTBOOK_TABLE = {  # the chapter's GPT size table, every cell as printed (counts and sizes as strings, as printed)
+    "GPT-1": {"Decoder Layer": 12, "Hidden_size": 3072, "注意力头数": 12, "注意力维度": 768,
+              "总参数量": "0.12B", "预训练语料": "5GB"},
+    "GPT-2": {"Decoder Layer": 48, "Hidden_size": 6400, "注意力头数": 25, "注意力维度": 1600,
+              "总参数量": "1.5B", "预训练语料": "40GB"},
+    "GPT-3": {"Decoder Layer": 96, "Hidden_size": 49152, "注意力头数": 96, "注意力维度": 12288,
+              "总参数量": "175B", "预训练语料": "570GB"},
 }
 PRESET_OF = {"GPT-1": "openai-gpt", "GPT-2": "gpt2-xl", "GPT-3": "gpt3-175b"}
+COLUMN_IS = {  # what each size column holds, as a question to a preset
+    "Decoder Layer": ("L, the number of blocks", lambda c: c.n_layer),
+    "Hidden_size": ("F = 4C, the MLP's hidden width", lambda c: c.d_ff),
+    "注意力头数": ("H, the attention heads", lambda c: c.n_head),
+    "注意力维度": ("H * D = C, d_model", lambda c: c.n_head * c.head_dim),
+}
 
 
-def computed_row(preset):
-    """The same quantities, from our presets (nothing typed in by hand)."""
-    c = ModelConfig.preset(preset)
-    return dict(params=num_params(c)["total"], n_layer=c.n_layer, d_model=c.d_model, n_head=c.n_head,
-                head_dim=c.head_dim)
+def pad(text, width):
+    """text left-aligned in `width` terminal columns (a Chinese character takes two)."""
+    return text + " " * (width - sum(2 if ord(ch) > 0x2E80 else 1 for ch in text))
 
 
-COMPUTED = {model: computed_row(preset) for model, preset in PRESET_OF.items()}
-
-
-def agrees(column, printed, computed):
-    """A parameter count is printed rounded (117M, 1.5B): within 5%. Sizes are integers: exactly."""
-    if column == "params":
-        return abs(printed / computed - 1) < 0.05
-    return printed == computed
-
-
-def find_swapped_columns(table, computed):
-    """(columns that disagree somewhere, [column pairs whose exchange makes every cell agree])."""
-    columns = list(next(iter(table.values())))
-    wrong = [col for col in columns if any(not agrees(col, row[col], computed[m][col]) for m, row in table.items())]
-    fixes = []
-    for a, b in combinations(columns, 2):
-        swapped = {m: {**row, a: row[b], b: row[a]} for m, row in table.items()}
-        if all(agrees(col, row[col], computed[m][col]) for m, row in swapped.items() for col in columns):
-            fixes.append((a, b))
-    return wrong, fixes
-
-
-def show(title, table, columns):
-    print(title)
-    print(f"  {'model':6}" + "".join(f"{col:>14}" for col in columns))
-    for m, row in table.items():
-        cells = [f"{row[col] / 1e9:.3g}B" if col == "params" and row[col] >= 1e9 else
-                 f"{row[col] / 1e6:.4g}M" if col == "params" else str(row[col]) for col in columns]
-        marks = ["" if agrees(col, row[col], COMPUTED[m][col]) else " x" for col in columns]
-        print(f"  {m:6}" + "".join(f"{cell + mark:>14}" for cell, mark in zip(cells, marks)))
-
-
-wrong, fixes = find_swapped_columns(TEXTBOOK_AS_PRINTED, COMPUTED)
-columns = list(TEXTBOOK_AS_PRINTED["GPT-1"])
-show("textbook table as printed (x = disagrees with the presets):", TEXTBOOK_AS_PRINTED, columns)
-show("computed from the presets:", COMPUTED, columns + ["n_head", "head_dim"])
-print("columns that disagree:", wrong, "| exchanges that fix every row:", fixes)
-for a, b in fixes:
-    corrected = {m: {**row, a: row[b], b: row[a]} for m, row in TEXTBOOK_AS_PRINTED.items()}
-    show(f"textbook table with '{a}' and '{b}' exchanged:", corrected, columns)
+size_checks = {}
+print(f"{'model':6} {pad('column', 14)} {'printed':>8} {'preset':>8}  what it is")
+for model, row in TEXTBOOK_TABLE.items():
+    c = ModelConfig.preset(PRESET_OF[model])
+    for column, (meaning, ask) in COLUMN_IS.items():
+        size_checks[model, column] = (row[column], ask(c))
+        print(f"{model:6} {pad(column, 14)} {row[column]:>8} {ask(c):>8}  {meaning}")
+    print(f"{'':6} {'':14} {'':>8} {4 * c.d_model:>8}  4C, for comparison (C = d_model = {c.d_model})")
 
 # %% [markdown]
-# The detector is not tuned to this one misprint. Suppose a printing had the head count and the head size exchanged
-# instead (another easy misprint): build such a table from the true values and ask again.
+# The four size columns agree with the architecture once they are read this way, and the layers and heads columns were
+# right all along (GPT-2 XL: 48 layers, 25 heads of 64; the GPT-2 paper itself lists only layers and $d_\text{model}$, the
+# 25 heads come from the released model). Now the two columns that are not sizes. A parameter count is printed
+# rounded: "0.12B" to two decimals, "1.5B" to one, "175B" to none. Round each source's count the same way and compare.
 
 # %%
-heads_swapped = {m: {**row, "n_head": row["head_dim"], "head_dim": row["n_head"]} for m, row in COMPUTED.items()}
-other_wrong, other_fixes = find_swapped_columns(heads_swapped, COMPUTED)
-print("heads/head-size variant: columns that disagree:", other_wrong, "| exchanges that fix it:", other_fixes)
+def printed_number(cell, unit):
+    """'0.12B' -> (0.12e9, 2 decimals); '5GB' -> (5e9, 0)."""
+    digits = cell[:-len(unit)]
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    return float(digits) * 1e9, decimals
+
+
+PAPER_PARAMS = {  # the counts the papers print: GPT-1's paper prints none, and the GPT-2 paper's Table 2 gives 117M for
+    # its smallest model, "equivalent to the original GPT"; GPT-2 XL is "1542M" there; GPT-3's Table 2.1 says 175.0B
+    "GPT-1": 117e6, "GPT-2": 1542e6, "GPT-3": 175.0e9,
+}
+param_checks = {}
+print(f"{'model':6} {'printed':>8} {'paper, rounded so':>18} {'preset count':>16} {'preset, rounded so':>19}")
+for model, row in TEXTBOOK_TABLE.items():
+    value, decimals = printed_number(row["总参数量"], "B")
+    ours = num_params(ModelConfig.preset(PRESET_OF[model]))["total"]
+    param_checks[model] = (round(value / 1e9, decimals), round(PAPER_PARAMS[model] / 1e9, decimals),
+                           round(ours / 1e9, decimals), ours / PAPER_PARAMS[model] - 1)
+    paper, preset = (f"{x:.{decimals}f}B" for x in param_checks[model][1:3])
+    print(f"{model:6} {row['总参数量']:>8} {paper:>18} {ours:>16,} {preset:>19}")
 
 # %% [markdown]
-# Notice what a check like this can and cannot see. GPT-1 has 12 layers and 12 heads, GPT-3 has 96 and 96: had a
-# table swapped *layers and heads*, those two rows would look right, and only GPT-2's 48 layers against 25 heads
-# would give it away. A check needs rows where the columns differ.
+# Every printed count is the paper's count, rounded. GPT-2's is the only one the weights would not give: the GPT-2
+# paper's four sizes (117M, 345M, 762M, 1542M) were each a little low, and the released models have 124M, 355M, 774M
+# and 1,557,611,200 parameters, "1.6B" at the table's precision. The table follows the paper.
+#
+# **The corpus column.** The GPT-2 paper gives WebText's size itself: *"slightly over 8 million documents for a total of
+# 40 GB of text"*. The GPT-3 paper gives 570 GB for one source only: *"The CommonCrawl data was downloaded from 41
+# shards of monthly CommonCrawl covering 2016 to 2019, constituting 45TB of compressed plaintext before filtering and
+# 570GB after filtering"*. GPT-1's paper gives no size in bytes at all: BooksCorpus *"contains over 7,000 unique
+# unpublished books"*. Its builders (Zhu et al. 2015) count 11,038 books and about 985 million words, and BERT's paper
+# uses 800M words of it. So "5GB" is an estimate, and we can redo it: words times bytes per word of English text, from
+# 5 (short words, prose) up to what our built-in corpus measures (technical documentation, longer words).
+
+# %%
+corpus_text = load_corpus("builtin")
+bytes_per_word = len(corpus_text.encode("utf-8")) / len(corpus_text.split())
+books_low, books_high = 800e6 * 5, 985e6 * bytes_per_word                 # bytes: BERT's word count, Zhu et al.'s
+SOURCE_CORPUS = {"GPT-2": 40e9, "GPT-3": 570e9}                          # bytes, as the papers print them
+corpus_checks = {model: printed_number(row["预训练语料"], "GB")[0] for model, row in TEXTBOOK_TABLE.items()}
+print(f"built-in corpus: {bytes_per_word:.1f} bytes per word -> BooksCorpus is {books_low / 1e9:.1f} to "
+      f"{books_high / 1e9:.1f} GB; the table says {corpus_checks['GPT-1'] / 1e9:.0f} GB")
+for model, size in SOURCE_CORPUS.items():
+    print(f"{model}: table {corpus_checks[model] / 1e9:.0f} GB, paper {size / 1e9:.0f} GB")
+
+# %% [markdown]
+# > **Textbook vs sources: the GPT size table**
+# >
+# > | cell | the chapter | the primary sources |
+# > |---|---|---|
+# > | Hidden_size 3072 / 6400 / 49152 | under a name that reads as $d_\text{model}$ | the MLP width $4C$ (GPT-1: "3072 dimensional inner states"; transformers: `intermediate_size`, GPT-2's `n_inner`) |
+# > | 注意力维度 768 / 1600 / 12288 | "attention dimension" | $d_\text{model} = H \cdot D$, transformers' `hidden_size`; the chapter's prose calls it 隐藏层维度 |
+# > | 总参数量 GPT-1 0.12B | GPT-1's size | the GPT-1 paper prints no total; 117M is the GPT-2 paper's; the weights have 116,534,784 |
+# > | 总参数量 GPT-2 1.5B | GPT-2's size | the GPT-2 paper's 1542M; the released GPT-2 XL has 1,557,611,200 (1.56B) |
+# > | 预训练语料 GPT-1 5GB | BooksCorpus, "大小为 5GB" | not in the paper ("over 7,000 unique unpublished books"); an estimate from 0.8-1B words |
+# > | 预训练语料 GPT-3 570GB | all the data, "共采样了 45T、清洗后 570GB" | Common Crawl alone: 45 TB compressed, 570 GB after filtering; the mix adds WebText2, two book corpora and Wikipedia |
+# > | layers, heads | 12/48/96 layers, 12/25/96 heads | right (GPT-2's 25 heads: the released config) |
+#
+# GPT-3's whole training mix, the paper's Table 2.2 (tokens of each source; the share of the training batches drawn from
+# it, higher-quality sources sampled more often than their size; all models trained on 300B tokens):
+#
+# | source | tokens | weight in the mix |
+# |---|---|---|
+# | Common Crawl (filtered) | 410B | 60% |
+# | WebText2 | 19B | 22% |
+# | Books1 | 12B | 8% |
+# | Books2 | 55B | 8% |
+# | Wikipedia | 3B | 3% |
+#
+# (The weights are rounded and add up to 101%. The paper equates the 570 GB of Common Crawl with *"roughly ... 400
+# billion byte-pair-encoded tokens"*, about 1.4 bytes a token, while GPT-2's BPE averages roughly 4 characters of English
+# per token; the paper does not reconcile the two, so quote the GB and the tokens as printed and compute with the tokens.)
 #
 # ## GPT-3's training compute
 #
 # The paper trained every GPT-3 model on $D = 300$B tokens. With the count from our preset:
 
 # %%
+GPT3_MIX = {"Common Crawl (filtered)": (410e9, 0.60), "WebText2": (19e9, 0.22), "Books1": (12e9, 0.08),
+            "Books2": (55e9, 0.08), "Wikipedia": (3e9, 0.03)}                # Table 2.2: (tokens, weight)
 N = num_params(ModelConfig.preset("gpt3-175b"))["total"]
 D = 300e9
+print(f"Common Crawl: {GPT3_MIX['Common Crawl (filtered)'][1] * D / 1e9:.0f}B of the {D / 1e9:.0f}B training tokens, "
+      f"{GPT3_MIX['Common Crawl (filtered)'][1] * D / GPT3_MIX['Common Crawl (filtered)'][0]:.2f} epochs of it "
+      f"(Table 2.2: 0.44)")
 C_6ND = 6 * N * D
 with_attention = flops_per_token(ModelConfig.preset("gpt3-175b")) * D
 PF_DAY = 1e15 * 86400                                                    # one petaFLOP/s for a day
@@ -213,14 +278,69 @@ print(f"one A100 at {A100_PEAK / 1e12:.0f} TFLOP/s x {UTILISATION:.0%} utilisati
 for gpus in (1024, 4096):
     print(f"  on {gpus} A100s: {a100_days / gpus:.1f} days")
 print(f"at 100% of peak (a bound no real run reaches): {C_6ND / A100_PEAK / 86400:,.0f} A100-days")
+megatron_days = 8 * N * D / (1024 * 140e12) / 86400                      # 8 FLOPs/weight/token (recomputation), 140 TFLOP/s
+print(f"8ND on 1024 A100s at 140 TFLOP/s each: {megatron_days:.1f} days")
 
 # %% [markdown]
 # $6ND = 3.14 \times 10^{23}$ FLOPs, the paper's own figure (Appendix D: $3.64 \times 10^3$ petaflop/s-days,
-# from the same count, 6 FLOPs per parameter per token, without attention). At an assumed 50% of an A100's bf16 peak that is about 23,000 A100-days:
-# 64 years on one GPU, three weeks on a thousand. (GPT-3 itself was trained on V100 GPUs; the A100 is just a
-# yardstick here. Large training runs typically report 30-50% of peak; the estimate scales as 1/utilisation.)
+# from the same count, 6 FLOPs per parameter per token, without attention). At an assumed 50% of an A100's bf16 peak
+# that is about 23,000 A100-days: 64 years on one GPU, three weeks on a thousand. (Large training runs typically report
+# 30-50% of peak; the estimate scales as 1/utilisation.)
+#
+# The chapter: *"根据推算，GPT-3 需要在 1024张 A100（80GB 显存）的分布式训练集群上训练 1个月"* (by estimate, GPT-3 needs a
+# month on a cluster of 1024 A100s). Our 23 days and Narayanan et al.'s (2021, Megatron-LM) 34 days (8 FLOPs per weight
+# per token because they recompute activations in the backward, at a measured 140 TFLOP/s per GPU) agree with it. It is
+# an estimate for hardware GPT-3 never ran on: *"All models were trained on V100 GPU's on part of a high-bandwidth
+# cluster provided by Microsoft"*.
+#
+# ## Zero-shot, few-shot and in-context learning (上下文学习)
+#
+# GPT-2 aimed at **zero-shot** (零样本学习): in the chapter's words, *"不对模型进行微调，直接要求模型解决任务"* (no fine-tuning:
+# ask the model to solve the task directly), by describing the task in the prompt, *"不使用任何训练样本"* (no training
+# examples at all). With GPT-3 the chapter introduces **few-shot** (少样本学习): *"few-shot 一般会在 prompt（也就是模型的输入）中
+# 增加 3~5个示例"* (few-shot usually adds 3 to 5 examples to the prompt), and *"few-shot 也被称为上下文学习（In-context
+# Learning）"*. Its two prompts, quoted:
+
+# %%
+ZERO_SHOT = "请你判断‘这真是一个绝佳的机会’的情感是正向还是负向，如果是正向，输出1；否则输出0"
+FEW_SHOT = ("请你判断‘这真是一个绝佳的机会’的情感是正向还是负向，如果是正向，输出1；否则输出0。"
+            "你可以参考以下示例来判断：‘你的表现非常好’——1；‘太糟糕了’——0；‘真是一个好主意’——1。")
+demonstrations = re.findall(r"‘([^’]+)’——([01])", FEW_SHOT)                # (text, label) pairs
+print("few-shot = zero-shot prompt + demonstrations:", FEW_SHOT.startswith(ZERO_SHOT))
+print(f"{len(demonstrations)} demonstrations:", demonstrations)
+print("GPT-3's context window (n_ctx):", ModelConfig.preset("gpt3-175b").max_seq_len, "tokens")
+
+# %% [markdown]
+# The only difference between the two prompts is text; the weights are the same. That is the whole idea: the "learning"
+# happens in the forward pass, conditioned on the demonstrations, with no gradient step. Lesson 12 compares zero-shot
+# and few-shot prompts on a tiny trained model.
+#
+# > **Textbook vs sources: few-shot**
+# >
+# > | | the chapter | the GPT-3 paper (Brown et al. 2020) |
+# > |---|---|---|
+# > | few-shot | "3~5个示例" | K demonstrations, *"We typically set K in the range of 10 to 100 as this is how many examples can fit in the model's context window"* ($n_\text{ctx} = 2048$); one-shot (K = 1) is a setting of its own |
+# > | in-context learning | another name for few-shot | the paper glosses few-shot the same way (*"few-shot learning", or in-context learning where we allow as many demonstrations as will fit*), and also measures the "in-context learning abilities" of zero- and one-shot |
+# > | who started it | GPT-3 *"提出了 few-shot 的重要思想"* | GPT-3 says its *"use of in-context learning is also similar to"* GPT-2's; it studied the settings systematically, across K and model size |
+#
+# ## From GPT-3 to ChatGPT: three stages
+#
+# The chapter closes the GPT story with *"通过引入预训练-指令微调-人类反馈强化学习的三阶段训练，OpenAI 发布了跨时代的
+# ChatGPT"*: three training stages, **预训练** (pretraining, this lesson's CLM at scale), **指令微调** (instruction tuning,
+# supervised fine-tuning on demonstrations, SFT) and **人类反馈强化学习** (reinforcement learning from human feedback, RLHF).
+# The recipe is InstructGPT's (Ouyang et al. 2022), whose paper counts the steps after pretraining: (1) supervised
+# fine-tuning on demonstrations, (2) a reward model trained on human comparisons, (3) PPO against that reward model; the
+# chapter's third stage is steps 2 and 3 together. OpenAI's ChatGPT announcement says it was trained *"using the same
+# methods as InstructGPT, but with slight differences in the data collection setup"*. This course builds the second and
+# third stages in lessons 28 and 29 (not written yet).
 #
 # ## Sparse attention: alternating dense and locally banded layers
+#
+# > **Textbook vs sources: GPT-3's attention.** The chapter: *"由于巨大的模型体量使用了稀疏注意力机制来取代传统的注意力机制"*
+# > (because of its huge size it used sparse attention *in place of* traditional attention). The GPT-3 paper: *"we use
+# > alternating dense and locally banded sparse attention patterns in the layers of the transformer, similar to the
+# > Sparse Transformer"*. Half of the layers keep dense attention; the sparse ones do not replace it. The paper gives no
+# > reason for the choice.
 #
 # The paper does not say which layers come first; in minigpt the even layers (0, 2, ...) attend densely, query $i$
 # sees keys $0..i$, and the odd layers are **locally banded**:
@@ -340,13 +460,20 @@ print(f"{len(errors)} tensors, worst error {max(errors.values()):.1e} ({max(erro
 # ## Summary
 # - $N = L(12C^2 + 13C) + (V + T_{\max})C + 2C \approx 12LC^2$; the presets reproduce GPT-1 (117M), GPT-2 (124M-1.56B)
 #   and GPT-3 (125M-175B) within their rounding.
-# - A printed table can be checked mechanically: compare each column with the architecture, then find the column
-#   exchange that makes every row agree. The textbook's GPT table has its layer and hidden-size columns
-#   exchanged.
+# - The textbook's GPT table, checked cell by cell against the presets: layers and heads as printed; "Hidden_size" is
+#   the MLP width $4C$ (3072 / 6400 / 49152, transformers' `intermediate_size`) and "注意力维度" is $d_\text{model}$
+#   (768 / 1600 / 12288, transformers' `hidden_size`); the counts are the papers' (GPT-2's 1.5B is the paper's 1542M,
+#   the weights have 1.56B).
+# - Corpora: WebText is 40 GB (GPT-2 paper); GPT-3's 45 TB -> 570 GB is Common Crawl alone, one of five sources of a
+#   300B-token mix; GPT-1's "5GB" is an estimate of BooksCorpus, which its paper sizes only in books.
 # - Training costs $\approx 6N$ FLOPs per token (2 forward, 4 backward per weight) plus $12LTC$ for attention. GPT-3:
-#   $6ND = 3.14 \times 10^{23}$ FLOPs, about 23,000 A100-days at an assumed 50% utilisation.
-# - GPT-3 alternates dense and locally banded attention. A banded layer sees only its block; the dense layers keep
-#   the whole past in reach. The savings need a sparse kernel, and matter at long contexts ($T \to 6C$).
+#   $6ND = 3.14 \times 10^{23}$ FLOPs, about 23,000 A100-days at an assumed 50% utilisation: the chapter's "a month on
+#   1024 A100s" is this kind of estimate (GPT-3 itself was trained on V100s).
+# - Zero-shot: only a description of the task; few-shot: demonstrations in the prompt (the chapter: 3~5; the GPT-3
+#   paper: typically 10 to 100), both "in-context learning", with no weight update. ChatGPT added 指令微调 and
+#   人类反馈强化学习 (SFT, RLHF) after 预训练.
+# - GPT-3 alternates dense and locally banded attention (it does not replace dense attention). A banded layer sees
+#   only its block; the dense layers keep the whole past in reach. The savings need a sparse kernel, and matter at long contexts ($T \to 6C$).
 #
 # ## Exercises
 # 1. Count LLaMA-2-7B (`ModelConfig.preset("llama2-7b")`): its MLP has three matrices of hidden size
@@ -366,8 +493,23 @@ for name, row in count_rows.items():
     assert row["n"] == row["formula"], name                    # the formula is the presets' own count
     assert row["flops"] == row["flops_formula"], name
     assert abs(row["n"] / PUBLISHED[name] - 1) < 0.02, name    # published sizes, within their rounding
-assert set(wrong) == {"n_layer", "d_model"} and fixes == [("n_layer", "d_model")], (wrong, fixes)
-assert set(other_wrong) == {"n_head", "head_dim"} and other_fixes == [("n_head", "head_dim")]
+for (model, column), (printed, from_preset) in size_checks.items():
+    assert printed == from_preset, (model, column, printed, from_preset)   # the chapter's sizes, read as COLUMN_IS says
+for model, row in TEXTBOOK_TABLE.items():
+    c = ModelConfig.preset(PRESET_OF[model])
+    assert row["Hidden_size"] == 4 * c.d_model == c.d_ff and row["注意力维度"] == c.d_model   # F = 4C; C = d_model
+    printed, from_paper, from_preset, off = param_checks[model]
+    assert printed == from_paper, model                        # each printed count is its paper's, rounded
+    assert abs(off) < 0.011, (model, off)                      # and the weights agree with the paper within 1.1%
+assert [param_checks[m][2] == param_checks[m][0] for m in TEXTBOOK_TABLE] == [True, False, True]   # GPT-2: 1.6B
+assert corpus_checks["GPT-2"] == SOURCE_CORPUS["GPT-2"] and corpus_checks["GPT-3"] == SOURCE_CORPUS["GPT-3"]
+assert books_low < corpus_checks["GPT-1"] < books_high, (books_low, books_high)   # "5GB": a fair estimate
+assert abs(sum(w for _, w in GPT3_MIX.values()) - 1.01) < 1e-9            # Table 2.2's rounded weights
+assert round(GPT3_MIX["Common Crawl (filtered)"][1] * D / GPT3_MIX["Common Crawl (filtered)"][0], 2) == 0.44
+assert 15 < a100_days / 1024 < 45 and 33 < megatron_days < 35  # "1024张 A100 ... 1个月"
+assert FEW_SHOT.startswith(ZERO_SHOT) and len(demonstrations) == 3           # the chapter's "3~5个示例"
+assert [label for _, label in demonstrations] == ["1", "0", "1"]
+assert ModelConfig.preset("gpt3-175b").max_seq_len == 2048                   # the n_ctx that holds K = 10..100
 assert abs(C_6ND / 3.14e23 - 1) < 0.01, C_6ND                 # the GPT-3 paper's figure
 assert abs(C_6ND / PF_DAY / 3640 - 1) < 0.01                   # 3.64e3 petaflop/s-days
 assert 20_000 < a100_days < 27_000, a100_days

@@ -21,7 +21,8 @@
 #   spans come in a random order;
 # - GLM's 2D positions: a position id that says *where* a span goes and a block position id that says
 #   *how far into the span* a token is;
-# - the prefix attention mask (bidirectional over Part A, causal over Part B), drawn for the paper's own example;
+# - the prefix attention mask (bidirectional over Part A, causal over Part B), drawn for the paper's own example, and
+#   the textbook's example "I <MASK> because you <MASK>" built by the same code;
 # - the three ways GLM chooses spans: short spans ([MASK]), whole sentences ([sMASK]), one long tail ([gMASK]).
 #
 # BERT fills blanks but predicts the hidden tokens independently of each other; GPT predicts every token
@@ -109,8 +110,9 @@ def show(sample, names):
             ("target", [names[t] for t in sample.targets.tolist()]),
             ("position", sample.position_ids.tolist()),
             ("block position", sample.block_position_ids.tolist())]
+    width = max(5, *(len(str(c)) for _, cells in rows for c in cells))  # one column per token, wide enough for all
     for label, cells in rows:
-        print(f"{label:>15} " + " ".join(f"{str(c):>5}" for c in cells))
+        print(f"{label:>15} " + " ".join(f"{str(c):>{width}}" for c in cells))
 
 
 show(sample, NAMES)
@@ -126,7 +128,8 @@ print("sep = len(Part A) =", sample.sep, "| Part B order:", sample.spans)
 mask = prefix_mask(L, sample.sep)                               # (T, T) boolean, True = may attend
 labels = [NAMES[t] for t in sample.ids.tolist()]
 mask_png = plot_mask(mask, "GLM's mask for the paper's example (Part A | Part B)", "19_glm_paper_mask",
-                     row_labels=labels, col_labels=labels)
+                     row_labels=labels, col_labels=labels, boundary=sample.sep,
+                     boundary_label=f"sep = {sample.sep}: Part A | Part B")
 
 fig, ax = plt.subplots(figsize=(1.0 + 0.6 * L, 2.2))
 rows = np.stack([sample.position_ids, sample.block_position_ids])   # (2, T)
@@ -146,9 +149,36 @@ print("saved", mask_png, "and", rows_png)
 print("\n".join("".join("#" if m else "." for m in row) + "   " + lab for row, lab in zip(mask, labels)))
 
 # %% [markdown]
-# Read the picture row by row: the five Part A rows are blue over the first five columns only, so $x_1$
-# already sees both masks and $x_4$; the Part B rows add a growing triangle: the first [S] sees Part A and
-# itself, $x_6$ sees Part A, [S] and $x_5$, and so on.
+# Read the picture row by row; the red lines are sep, where Part A ends. The five Part A rows (above the line) are
+# blue over the first five columns only, so $x_1$ already sees both masks and $x_4$, and nothing right of the line;
+# the Part B rows (below it) see all of Part A and add a growing triangle: the first [S] sees Part A and itself,
+# $x_6$ sees Part A, [S] and $x_5$, and so on.
+#
+# ## The textbook's example
+#
+# The chapter explains the objective as MLM and CLM joined: *"所谓自编码思想，其实也就是 MLM 的任务学习思路，在输入文本中
+# 随机删除连续的 tokens，要求模型学习被删除的 tokens；所谓自回归思想，其实就是传统的 CLM 任务学习思路，也就是要求模型按顺序
+# 重建连续 tokens"* (the autoencoding idea is MLM's: delete runs of tokens and learn to recover them; the autoregressive
+# idea is CLM's: rebuild them in order). Its example:
+#
+# ```
+# 输入：I <MASK> because you <MASK>
+# 输出：<MASK> - love you; <MASK> - are a wonderful person
+# ```
+#
+# The collator builds exactly that, with words as tokens: the two spans become one mask each in Part A, and Part B
+# writes them back, one word at a time.
+
+# %%
+sentence = "I love you because you are a wonderful person".split()
+word_ids = {w: 10 + i for i, w in enumerate(dict.fromkeys(sentence))}     # ids 0..9 are the specials
+book_names = {**NAMES, **{i: w for w, i in word_ids.items()}, SPECIAL["mask"]: "<MASK>"}
+book = glm_sample([word_ids[w] for w in sentence], SPECIAL, spans=[(1, 3), (5, 9)], order=[0, 1])
+book_input = " ".join(book_names[t] for t in book.ids[:book.sep].tolist())
+book_spans = [" ".join(sentence[b:e]) for b, e in book.spans]             # in Part B order
+print("Part A (输入):", book_input)
+print("Part B (输出):", "; ".join(f"<MASK> - {span}" for span in book_spans))
+show(book, book_names)
 #
 # ## The loss touches Part B only
 #
@@ -240,6 +270,8 @@ print("ids", batch.ids.shape, "| sep", batch.sep.tolist(), "| mask", batch_mask.
 # - One prefix mask does both jobs: bidirectional attention over Part A, causal over Part B.
 # - Two position rows: the position of the span's mask (where it goes), and 1..l+1 inside the span (how far in).
 # - Spans: Poisson(3) lengths until 15% ([MASK]), whole sentences ([sMASK]), or one long tail ([gMASK], GPT-like).
+# - The textbook's "I <MASK> because you <MASK>" is one such sample: two spans, each one mask in Part A, written back
+#   word by word in Part B.
 # - The loss counts Part B only; Part A rows get zero gradient.
 #
 # ## Exercises
@@ -265,5 +297,8 @@ assert (mask == by_hand).all()
 assert (row_norms[:sample.sep] == 0).all() and (row_norms[sample.sep:] > 0).all()
 assert min(fractions) >= 0.15
 assert abs(sum(l * c for l, c in lengths.items()) / total - 3 / (1 - np.exp(-3))) < 0.2   # E[L | L >= 1]
+assert book_input == "I <MASK> because you <MASK>"                  # the chapter's 输入
+assert book_spans == ["love you", "are a wonderful person"]         # the chapter's 输出, in order
+assert book.sep == 5 and len(book.ids) == book.sep + sum(e - b + 1 for b, e in book.spans)
 assert mask_png.exists() and rows_png.exists()
 print("lesson 19 OK")

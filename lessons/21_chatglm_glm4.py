@@ -21,13 +21,17 @@
 #   (interleaved pairs), a bias on q, k and v only, and two shared kv groups (ChatGLM2's "multi-query" attention, 多查询注意力);
 # - the backward pass of each difference, and a float64 gradient check of a tiny ChatGLM-6B and a tiny GLM-4;
 # - the prefix property, numerically: a token after the prefix never changes what the prefix computes;
-# - the three models' parameter counts and KV-cache sizes, read from their presets.
+# - the three models' parameter counts and KV-cache sizes, read from their presets;
+# - the textbook's account checked: GLM's three changes (and why the original GLM is pre-LN, not post-LN), and the
+#   ChatGLM-6B / ChatGLM2 / ChatGLM3 / GLM-4 history (dates, context lengths, kv groups, training tokens).
 #
 # Lesson 20 trained the original GLM: pre-LayerNorm, two learned position tables, blank infilling. ChatGLM-6B kept its
 # objective and its mask but changed the block; ChatGLM2 and GLM-4 changed nearly everything else.
 
 # %%
+import dataclasses
 import os
+import re
 
 import numpy as np
 
@@ -40,6 +44,44 @@ from minigpt.viz import plot_gqa_groups, plot_mask
 FAST = os.environ.get("MINIGPT_FAST") == "1"
 
 # %% [markdown]
+# ## GLM's three changes, and where its LayerNorm went
+#
+# The chapter lists what sets GLM's architecture apart, under the heading *"相对于 GPT 的略微修正"* (small corrections
+# relative to GPT):
+#
+# 1. *"使用 Post Norm 而非 Pre Norm"* (Post Norm rather than Pre Norm), because *"GLM 论文提出，使用 Post Norm 可以避免 LLM
+#    的数值错误"* (the GLM paper says Post Norm avoids numerical errors in LLMs);
+# 2. *"使用单个线性层实现最终 token 的预测，而不是使用 MLP"* (a single linear layer predicts the output token, not an MLP);
+# 3. *"激活函数从 ReLU 换成了 GeLUs"* (the activation goes from ReLU to GeLUs).
+#
+# The GLM paper (Du et al. 2022) lists the same three as changes to "a single Transformer": *"(1) we rearrange the order
+# of layer normalization and the residual connection, which has been shown critical for large-scale language models to
+# avoid numerical errors (Shoeybi et al., 2019); (2) we use a single linear layer for the output token prediction;
+# (3) we replace ReLU activation functions with GeLUs"*. The rearrangement it cites is Megatron-LM's, which moved BERT's
+# LayerNorm from after the residual sum to the input of each sublayer: **pre**-LN. GLM's released code does the same
+# (`input_layernorm` before attention, the residual added after it), and so does minigpt's `glm` preset. Post-LN
+# arrived one model later: the ChatGLM family report says *"GLM-130B leveraged DeepNorm"*, a post-LN scheme, and
+# ChatGLM-6B's block is DeepNorm too (below). The presets, side by side with the GPTs:
+
+# %%
+lineage = {name: ModelConfig.preset(name) for name in ("gpt1", "gpt2", "glm", "chatglm", "chatglm2")}
+outside_blocks = {name: sorted(k for k in param_shapes(c) if not k.startswith("blocks.")) for name, c in lineage.items()}
+print(f"{'preset':>9} {'norm placement':>15} {'MLP activation':>15}  parameters outside the blocks")
+for name, c in lineage.items():
+    print(f"{name:>9} {c.norm_placement:>15} {c.mlp_activation:>15}  {', '.join(outside_blocks[name])}")
+
+# %% [markdown]
+# Every head is one matrix: the tied token table `wte` (or `lm_head` when untied), after the final norm where there is
+# one; there is no MLP between the last block and the vocabulary. And no preset uses ReLU.
+#
+# > **Textbook vs sources: GLM's three differences**
+# >
+# > | | the chapter | the primary sources |
+# > |---|---|---|
+# > | LayerNorm | GLM uses Post Norm, unlike GPT and LLaMA | the GLM paper *rearranges* LayerNorm and residual as Megatron-LM did for BERT: **pre**-LN. Post-LN (DeepNorm) is GLM-130B's and ChatGLM-6B's |
+# > | "avoids numerical errors" | said of Post Norm | said of the rearrangement, that is of pre-LN, citing Megatron-LM (Shoeybi et al. 2019) |
+# > | relative to whom | GPT | BERT and the 2017 Transformer: GPT-2 was already pre-LN; GPT-1 already used GELU (*"we used the Gaussian Error Linear Unit (GELU)"*) and both GPTs predict with one (tied) linear layer. BERT is post-LN and its MLM head is an MLP (a dense layer, GELU and a LayerNorm before the output matrix); ReLU is the 2017 Transformer's (BERT took GELU from GPT: *"we use a gelu activation rather than the standard relu, following OpenAI GPT"*) |
+#
 # ## ChatGLM-6B
 #
 # **DeepNorm.** GPT-1's post-norm block $x \leftarrow \operatorname{LN}(x + f(x))$ keeps the stream at unit scale, but
@@ -88,7 +130,9 @@ FAST = os.environ.get("MINIGPT_FAST") == "1"
 #   softmax ignores constants. Only where RoPE rotates $b_k$ differently at each position does it matter, so the
 #   gradient of the pass-through half of $b_k$ is zero: it is $\sum_i q_i \sum_j \bar s_{ij} / \sqrt{D}$ on those channels,
 #   and $\sum_j \bar s_{ij} = 0$ for every softmax row.
-# - **Two kv groups.** 32 query heads share 2 kv heads (GQA with $g = 16$); backward sums $\bar k, \bar v$ over each group
+# - **Two kv groups.** 32 query heads share 2 kv heads: two groups of $g = 16$ query heads each (lesson 17's $g$; the GQA
+#   paper would call it GQA-2). ChatGLM2's code and README call it multi-query attention (`multi_query_attention`,
+#   `multi_query_group_num = 2`), but MQA proper has a single kv head. Backward sums $\bar k, \bar v$ over each group
 #   (lesson 17). The KV cache shrinks 16 times, which makes long contexts far cheaper to serve (ChatGLM2 also
 #   stretched the context from ChatGLM-6B's 2K tokens to 32K).
 
@@ -147,10 +191,95 @@ for name, cfg in configs.items():
 # And the KV cache: 16 times smaller per layer than ChatGLM-6B's.
 
 # %%
-gqa_png = plot_gqa_groups(32, 2, "21_chatglm2_kv_groups")
+gqa_png = plot_gqa_groups(32, 2, "21_chatglm2_kv_groups", rows=4)    # each group of 16 as a 4 x 4 block
 print("saved", gqa_png)
 
 # %% [markdown]
+# ## The GLM family in the textbook
+#
+# The chapter's history of the family, its numbers quoted:
+# - ChatGLM-6B: *"智谱于 23年 3月发布了第一个中文开源 LLM ChatGLM-6B ... ChatGLM-6B 在 1T 语料上进行预训练，支持 2K 的上下文长度"*
+#   (March 2023; pretrained on 1T tokens; 2K context);
+# - ChatGLM2-6B: *"在 23年 6月，智谱就开源了 ChatGLM2-6B。相对于一代，ChatGLM2 将上下文长度扩展到了 32K"*, *"引入 MQA 的注意力
+#   机制，预训练任务也回归经典的 CLM"* (June 2023; 32K context; MQA; back to the classic CLM objective);
+# - ChatGLM3-6B: *"发布于 23年 10月"*, and *"在模型架构上相对二代没有变化"* (October 2023; the architecture unchanged);
+# - GLM-4: *"2024年 1月，智谱发布了支持 128K 上下文 ... 的 GLM-4 系列模型"* (January 2024; 128K context), and its open
+#   GLM-4-9B *"在 1T token 的多语言语料库上进行预训练，上下文长度为 8K"* (pretrained on a 1T-token multilingual corpus,
+#   8K context).
+#
+# Below, the same facts from the primary sources: the ChatGLM family report (Team GLM 2024, "ChatGLM: A Family of Large
+# Language Models from GLM-130B to GLM-4 All Tools", whose Table 1 dates each open model), the models' READMEs and their
+# config.json files (context = `seq_length`, heads = `num_attention_heads`, kv groups = `multi_query_group_num`), and the
+# presets wherever one exists. "-" marks what is not published.
+
+# %%
+CHAPTER_FAMILY = {  # the chapter's numbers, as printed
+    "ChatGLM-6B": dict(released="23年 3月", tokens="1T", context="2K"),
+    "ChatGLM2-6B": dict(released="23年 6月", context="32K", attention="MQA", objective="CLM"),
+    "ChatGLM3-6B": dict(released="23年 10月", architecture="没有变化"),
+    "GLM-4": dict(released="2024年 1月", context="128K"),
+    "GLM-4-9B": dict(tokens="1T", context="8K"),
+}
+SOURCE_FAMILY = {  # released (report's Table 1; GLM-4: its API date), context, heads / kv groups, training tokens
+    "ChatGLM-6B": dict(released="2023-03-14", context=2048, tokens=1e12, preset="chatglm-6b"),
+    "ChatGLM2-6B": dict(released="2023-06-25", context=32768, tokens=1.4e12, preset="chatglm2-6b"),
+    "ChatGLM3-6B": dict(released="2023-10-27", context=8192, tokens=None, preset=("chatglm2-6b", 8192)),
+    "GLM-4": dict(released="2024-01-16", context=131072, tokens=10e12, preset=None),
+    "GLM-4-9B": dict(released="2024-06-05", context=8192, tokens=10e12, preset=("glm4-9b", 8192)),
+}
+
+
+def family_config(source):
+    """The preset of a source row: a name, or (name, context) for a model whose config differs only in seq_length."""
+    if source["preset"] is None:
+        return None
+    name, context = source["preset"] if isinstance(source["preset"], tuple) else (source["preset"], None)
+    return ModelConfig.preset(name) if context is None else ModelConfig.preset(name, max_seq_len=context)
+
+
+def chapter_date(text):
+    """'23年 3月' -> (2023, 3); '2024年 1月' -> (2024, 1)."""
+    year, month = re.match(r"(\d+)年 (\d+)月", text).groups()
+    return (2000 + int(year) if len(year) == 2 else int(year), int(month))
+
+
+def chapter_amount(text):
+    """'2K' -> 2048 (a context length), '1T' -> 1e12 (tokens)."""
+    return int(text[:-1]) * 1024 if text.endswith("K") else float(text[:-1]) * 1e12
+
+
+family_configs = {model: family_config(source) for model, source in SOURCE_FAMILY.items()}
+print(f"{'model':>12} {'released':>11} {'context':>8} {'heads/kv':>9} {'tokens':>7} {'parameters':>15}")
+for model, source in SOURCE_FAMILY.items():
+    c = family_configs[model]
+    heads = f"{c.n_head}/{c.n_kv_head}" if c else "-"
+    tokens = f"{source['tokens'] / 1e12:g}T" if source["tokens"] else "-"
+    params = f"{num_params(c)['total']:,}" if c else "-"
+    print(f"{model:>12} {source['released']:>11} {source['context']:>8} {heads:>9} {tokens:>7} {params:>15}")
+chatglm3 = family_configs["ChatGLM3-6B"]
+print("ChatGLM3-6B's config vs ChatGLM2-6B's, fields that differ:",
+      [f.name for f in dataclasses.fields(chatglm3)
+       if getattr(chatglm3, f.name) != getattr(configs["chatglm2-6b"], f.name)])
+
+# %% [markdown]
+# GLM-4's sizes are not published, so it has no preset; GLM-4-9B's base model has an 8K context (`glm4-9b` is the
+# 128K chat model's config, so the base row asks it with `max_seq_len=8192`). A released GLM-4-9B-Chat-1M stretches
+# the same block to a million positions.
+#
+# > **Textbook vs sources: the GLM family**
+# >
+# > | | the chapter | the primary sources |
+# > |---|---|---|
+# > | dates | 23年3月, 23年6月, 23年10月, 2024年1月 | right: 2023-03-14, 2023-06-25, 2023-10-27 (the report's Table 1), GLM-4 on its API from 2024-01-16; GLM-4-9B came out 2024-06-05 |
+# > | ChatGLM-6B | 1T tokens, 2K | right: *"approximately one trillion tokens ... with a context length of 2,048"*; 32 heads, no kv sharing |
+# > | ChatGLM2-6B context | 32K | right for the base model (`seq_length` 32768); its README adds that the dialogue stage was trained at 8K; pretrained on 1.4T tokens (README) |
+# > | ChatGLM2-6B "MQA" | multi-query attention | 32 query heads share **2** kv heads (`multi_query_group_num` 2), not 1: grouped-query attention with 2 groups of 16; the code and the README call it Multi-Query Attention |
+# > | ChatGLM2-6B objective | *"回归经典的 CLM"* | the README: *"ChatGLM2-6B 使用了 GLM 的混合目标函数"* (GLM's hybrid objective). What is certain is that the released model attends causally (no bidirectional prefix), which is what the `chatglm2` preset does; how much blank infilling its pretraining mixed in is not documented |
+# > | ChatGLM3-6B | architecture unchanged | right: the same block as ChatGLM2-6B; `chatglm3-6b` has `seq_length` 8192 (a ChatGLM3-6B-32K was released too); training tokens not published |
+# > | GLM-4 | 128K | right |
+# > | GLM-4-9B tokens | 1T | **about ten trillion**: *"GLM-4-9B is pre-trained on approximately ten trillion tokens of multilingual corpus with a context length of 8192 (8K)"* (the family report) |
+# > | GLM-4-9B context | 8K | right for the base model; GLM-4-9B-Chat has 128K (`seq_length` 131072), GLM-4-9B-Chat-1M one million |
+#
 # ## How it works, in a few lines of NumPy
 #
 # One forward pass for both generations, reading the weights of a `minigpt.Model`; the `if`s are exactly the
@@ -295,8 +424,8 @@ for name, kwargs in (("chatglm", chatglm_kwargs), ("glm4", {})):
         print(f"{name:>7}: {words[t]!r:>8} {where:>7}" + "".join(f"{c:>8}" for c in marks))
 
 mask = prefix_mask(T, sep)                                                       # (T, T) True = may attend
-mask_png = plot_mask(mask, f"ChatGLM-6B's prefix mask (sep = {sep}: Part A | Part B)", "21_chatglm_prefix_mask",
-                     row_labels=words, col_labels=words)
+mask_png = plot_mask(mask, "ChatGLM-6B's prefix mask", "21_chatglm_prefix_mask", row_labels=words, col_labels=words,
+                     boundary=sep, boundary_label=f"sep = {sep}: prefix (Part A) | generation (Part B)")
 print("saved", mask_png)
 
 # %% [markdown]
@@ -345,6 +474,9 @@ print(f"|d bk| on the pass-through channels {R}..{glm4_cfg.head_dim - 1}: max {n
 # - Backward: DeepNorm's $\bar h = \alpha \bar x' + J_f^\top \bar x'$; rotations undone (half by half, or only on the rotated
 #   channels); bias gradients are sums over positions; kv gradients summed over groups.
 # - The prefix never sees what follows it (checked to the bit); two kv groups cut the KV cache 16x.
+# - Against the textbook: the original GLM is pre-LN (its "rearranged" LayerNorm); post-LN DeepNorm is GLM-130B's and
+#   ChatGLM-6B's; the three changes are relative to BERT, not GPT. ChatGLM2's "MQA" has 2 kv groups; its README
+#   describes GLM's hybrid objective, not plain CLM; GLM-4-9B was pretrained on about ten trillion tokens, not 1T.
 #
 # ## Exercises
 # 1. Set `norm_placement="post"` on the tiny ChatGLM-6B (plain post-norm, $\alpha = 1$) and compare the gradient norm of
@@ -374,5 +506,27 @@ assert (effects["chatglm", "inside"][:sep] > 1e-8).all()    # the whole prefix r
 assert (effects["glm4", "inside"][:inside_t] == 0).all()    # causal: earlier positions do not
 assert np.abs(dbk[:, R:]).max() < 1e-12 < np.abs(dbk[:, :R]).max()     # softmax cancels the unrotated key bias
 assert mask.dtype == bool and mask[:, :sep].all() and not mask[0, sep:].any()
+assert lineage["glm"].norm_placement == "pre" and lineage["chatglm"].norm_placement == "deepnorm"  # GLM is pre-LN
+assert lineage["gpt1"].norm_placement == "post" and lineage["gpt2"].norm_placement == "pre"
+assert all(c.mlp_activation != "relu" for c in lineage.values())            # GELU since GPT-1
+for name, keys in outside_blocks.items():                                   # the head is one matrix, no MLP
+    assert not [k for k in keys if k not in ("wte", "wpe", "wbpe", "lm_head", "norm_f.w", "norm_f.b")], (name, keys)
+for model, chapter in CHAPTER_FAMILY.items():
+    source, c = SOURCE_FAMILY[model], family_configs[model]
+    if "released" in chapter:                                               # the chapter's months are right
+        assert chapter_date(chapter["released"]) == tuple(int(x) for x in source["released"].split("-")[:2]), model
+    if "context" in chapter:                                                # and so are its context lengths
+        assert chapter_amount(chapter["context"]) == source["context"], model
+    if c is not None:
+        assert c.max_seq_len == source["context"] and c.n_head == 32, model
+assert chapter_amount(CHAPTER_FAMILY["ChatGLM-6B"]["tokens"]) == SOURCE_FAMILY["ChatGLM-6B"]["tokens"]
+assert chapter_amount(CHAPTER_FAMILY["GLM-4-9B"]["tokens"]) * 10 == SOURCE_FAMILY["GLM-4-9B"]["tokens"]  # 1T vs ~10T
+assert family_configs["ChatGLM-6B"].n_kv_head == 32                         # ChatGLM-6B: plain multi-head
+assert CHAPTER_FAMILY["ChatGLM2-6B"]["attention"] == "MQA" and configs["chatglm2-6b"].n_kv_head == 2 != 1
+assert configs["chatglm2-6b"].attention == "causal" and configs["chatglm-6b"].attention == "prefix"
+assert num_params(chatglm3) == num_params(configs["chatglm2-6b"])         # "架构 ... 没有变化"
+assert [f.name for f in dataclasses.fields(chatglm3)
+        if getattr(chatglm3, f.name) != getattr(configs["chatglm2-6b"], f.name)] == ["max_seq_len"]
+assert family_configs["GLM-4-9B"].n_kv_head == 2 and configs["glm4-9b"].max_seq_len == 128 * 1024
 assert mask_png.exists() and gqa_png.exists()
 print("lesson 21 OK")

@@ -165,7 +165,9 @@ for name, info in by_offset:
     begin, end = info["data_offsets"]
     ax.broken_barh([(8 + n_header + begin, end - begin)], (0, 1), color=KIND_COLORS[kind(name)],
                    edgecolor="white", linewidth=0.3)
-ax.text(0, 1.08, "length + JSON header", ha="left", fontsize=8)
+ax.annotate(f"8-byte length + JSON header ({8 + n_header:,} bytes)", xy=((8 + n_header) / 2, 1.0),
+            xytext=(0.04 * len(raw), 1.27), fontsize=8, va="center",
+            arrowprops=dict(arrowstyle="->", color="0.3"))                # inside the axes, pointing at the grey bar
 labels = [k if k != "norm" else "norm (128 bytes each: too thin to see)" for k in KIND_COLORS]
 ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLORS.values()], labels=labels,
           loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, fontsize=8)
