@@ -120,3 +120,20 @@ def test_save_figure_shows_the_png_inline_in_a_notebook(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     path = viz.save_figure(plt.figure(), "inline", folder=tmp_path)
     assert shown == [("image", str(path))] and path.exists()
+
+
+def test_plot_options_draw_and_refuse_bad_values(tmp_path, monkeypatch):
+    """The optional arguments lessons use: a Part A | Part B boundary line, stacked GQA groups, a labelled
+    colour bar. Each draws a PNG; a boundary outside the mask is an error."""
+    import numpy as np
+
+    from minigpt import viz
+    from minigpt.masks import prefix_mask
+    monkeypatch.setenv("MINIGPT_FIGURES", str(tmp_path))
+    paths = [viz.plot_mask(prefix_mask(6, 3), "prefix", "boundary", boundary=3, boundary_label="sep"),
+             viz.plot_gqa_groups(32, 2, "groups", rows=4),
+             viz.plot_positional_encoding(np.random.default_rng(0).standard_normal((8, 6)), "pe",
+                                          colorbar_label="PE value", wspace=0.4)]
+    assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ValueError):
+        viz.plot_mask(prefix_mask(6, 3), "prefix", "bad", boundary=9)
