@@ -120,11 +120,11 @@ def generate_stream(model, prompt, max_new_tokens=64, temperature=1.0, top_k=Non
     try:
         cache, logits = _prefill(model, ids, pad_len, max_new_tokens, limit)    # logits (B, V)
         done = np.zeros(len(ids), dtype=bool)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = sample_next(logits, rng, temperature, top_k, top_p)      # (B,)
             yield int(token[0]) if single else token
             done |= np.isin(token, list(stop_tokens))
-            if done.all():
+            if done.all() or step == max_new_tokens - 1:                     # no forward for an unused token
                 return
             ids = np.concatenate([ids, token[:, None]], axis=1)              # (B, T + 1)
             if cache.length == cache.capacity:                               # the position table is full

@@ -27,7 +27,9 @@ def lesson_map():
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)
 def test_lesson_runs_and_checks(path, tmp_path):
     number = lesson_number(path)
-    env = dict(os.environ, MINIGPT_FAST="1", MPLBACKEND="Agg", MINIGPT_FIGURES=str(tmp_path))
+    # one BLAS thread: the lessons' matrices are small, and on a busy machine two BLAS threads waiting for each
+    # other made a lesson ten times slower (the numbers are the same either way)
+    env = dict(os.environ, MINIGPT_FAST="1", MPLBACKEND="Agg", MINIGPT_FIGURES=str(tmp_path), OPENBLAS_NUM_THREADS="1")
     result = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
