@@ -89,7 +89,7 @@ def attention_mask(T, S=None, prefix_len=None, pad_len=None, local=None, window=
         near = (block_j == block_i) if local == "banded" else (i - j < window)   # (T, S) or (B, T, S)
         visible = visible & near
     if pad_len is not None:
-        visible = (visible & (j >= pad)) | ((i < pad) & (j == i))           # padding sees only itself
+        visible = xp.where(i < pad, j == i, visible & (j >= pad))           # padding sees only itself
     return visible
 
 

@@ -1,0 +1,377 @@
+"""Flash attention on the CPU: the tiled online-softmax algorithm of flash_numpy.py, fused with Numba.
+
+Dimensions: B batch, H query heads, Hkv kv heads, g = H // Hkv, T queries, S keys, D head dim,
+Bq = block_q query rows and Bk = block_k key columns per tile. Read flash_numpy.py first: the
+algorithm is the same, step for step; this file is about doing it fast.
+
+Forward. The work is cut into B * H * ceil(T / Bq) independent items, one per query tile of one head,
+and `prange` hands them to the threads. An item scales and transposes its query tile once, then walks
+the key tiles, skipping the ones the mask hides completely (masking.tile_may_be_visible: for a causal
+mask, every tile above the diagonal, which is half the work), and testing each (query, key) pair only
+in tiles that are partly visible (masking.tile_all_visible says which are not). For each key tile it
+updates the running max m, sum l and output acc (the online softmax), and at the end writes
+O = acc / l and L = m + log(l), the per-row log-sum-exp that the backward pass rebuilds probabilities from.
+
+Backward. Di = rowsum(dO * O), then for every (query tile, key tile) pair the probabilities are
+rebuilt, p = exp(s - L), and dV += p^T dO, dp = dO V^T, ds = p * (dp - Di), dQ += ds K, dK += ds^T Q.
+dK and dV of a kv head collect from all g query heads that read it, and dQ of a query tile collects
+from all key tiles. So that no two threads ever add into the same numbers, the backward's items are
+(b, kv head) pairs: an item owns dK[b, kvh] and dV[b, kvh] AND dQ of the g query heads of that kv head
+(query head h reads only kv head h // g, so nobody else touches them). No atomics, no per-thread copies
+to reduce, no extra recomputation; the price is coarser parallelism, B * Hkv items (48 for B=4, H=12
+MHA; with B * Hkv smaller than the thread count, some threads idle).
+
+Tile products. The five matrix products of a tile pair (two in the forward, five in the backward) go
+to BLAS through np.dot, the same sgemm/dgemm NumPy's @ calls, writing into workspaces we own (np.dot's
+out argument: nothing is allocated per tile). Measured on one core at 64x64x64: 114 GFLOP/s for
+np.dot, 35 GFLOP/s for the best plain loop Numba vectorises without fastmath. The kernel's own loops
+do what BLAS cannot: skip tiles, apply the mask, run the online softmax, and fuse it all so that no
+(T, S) array ever exists. Tile products stay at most 2^18 multiply-adds (Bq * Bk * D <= 262144, see
+default_blocks): below that OpenBLAS never starts threads of its own inside ours.
+
+Layout. Scores are kept transposed, sT (Bk, Bq): the query row index runs fastest. The softmax works
+row by row (a max and a sum over the keys of each query row); with rows running fastest those become
+elementwise updates of (Bq,) vectors, which the compiler vectorises, instead of sums along a row,
+which it may not vectorise without fastmath (that would reorder additions). For the same reason the
+running output is kept transposed, accT (D, Bq), and the exponentials of float32 tiles use a
+vectorisable exp (below) instead of the C library's.
+
+Threads. `prange` runs one worker per thread (numba.get_num_threads(), NUMBA_NUM_THREADS); each worker
+allocates its workspaces once and then walks its items round-robin (items w, w + n_workers, ...), so
+no allocation happens inside the tile loops. The kernels release the GIL (nogil=True). Numba's default
+threading layer here is OpenMP, and torch's OpenMP threads in the same process ran four times slower
+after a Numba parallel kernel (DESIGN.md section 4): a program that mixes both should set
+NUMBA_THREADING_LAYER=workqueue before the first Numba kernel runs.
+
+Memory beyond the inputs and outputs: L (B, H, T) and O(Bq*Bk + D*(Bq+Bk)) of workspace per thread:
+linear in T, where the reference keeps (B, H, T, S) probabilities.
+
+Precision: everything is computed in the input dtype (float32 or float64), like the reference, the
+running max and sum included; float32 results agree with the float32 reference to about 1e-6
+relative, float64 results to about 1e-15.
+
+Compilation: Numba compiles on the first call of each dtype (a few seconds), and caches nothing on
+disk (cache=False): the mask rule is imported from masking.py, and Numba's disk cache does not notice
+when a function in another file changes.
+"""
+import math
+
+import numpy as np
+from numba import get_num_threads, njit, prange, types
+from numba.extending import overload
+
+from minigpt.kernels import masking
+
+# The mask rule, compiled from its one definition in masking.py.
+_key_visible = njit(masking.key_visible)
+_tile_may_be_visible = njit(masking.tile_may_be_visible)
+_tile_all_visible = njit(masking.tile_all_visible)
+
+
+# ---------------------------------------------------------------- the public entry points
+
+def flash_forward(q, k, v, spec, scale=None, block_q=None, block_k=None):
+    """Fused attention forward.
+    q (B, H, T, D), k (B, Hkv, S, D), v (B, Hkv, S, D) float32 or float64, spec a MaskSpec
+    ->  O (B, H, T, D), L (B, H, T) the log-sum-exp of each row's scaled masked scores
+    """
+    q, k, v, scale, mask, (block_q, block_k) = _prepare(q, k, v, spec, scale, block_q, block_k)
+    B, H, T, D = q.shape
+    o = np.empty_like(q)                                                    # (B, H, T, D)
+    L = np.empty((B, H, T), dtype=q.dtype)                                  # (B, H, T)
+    _forward_kernel(q, k, v, *mask, scale, block_q, block_k, o, L)
+    return o, L
+
+
+def flash_backward(q, k, v, o, L, do, spec, scale=None, block_q=None, block_k=None):
+    """Fused attention backward, recomputing the probabilities from L.
+    q, o, do (B, H, T, D), k, v (B, Hkv, S, D), L (B, H, T)
+    ->  dq (B, H, T, D), dk (B, Hkv, S, D), dv (B, Hkv, S, D)
+    """
+    q, k, v, scale, mask, (block_q, block_k) = _prepare(q, k, v, spec, scale, block_q, block_k)
+    o, do = (np.ascontiguousarray(x, dtype=q.dtype) for x in (o, do))
+    L = np.ascontiguousarray(L, dtype=q.dtype)
+    if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
+        raise ValueError(f"flash_backward: o {o.shape} and do {do.shape} must be q's shape {q.shape}, "
+                         f"L {L.shape} must be {q.shape[:3]}")
+    dq = np.empty_like(q)                                                   # (B, H, T, D)
+    dk = np.zeros_like(k)                                                   # (B, Hkv, S, D)
+    dv = np.zeros_like(v)                                                   # (B, Hkv, S, D)
+    _backward_kernel(q, k, v, o, L, do, *mask, scale, block_q, block_k, dq, dk, dv)
+    return dq, dk, dv
+
+
+def _prepare(q, k, v, spec, scale, block_q, block_k):
+    """Checked, C-contiguous q, k, v; the scale as a float; the mask as the kernels' arguments
+    (prefix int64 (B,), pad int64 (B,), q_offset, local code, window); the tile sizes."""
+    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"flash attention: q (B, H, T, D), k and v (B, Hkv, S, D) expected; "
+                         f"got {q.shape}, {k.shape}, {v.shape}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"flash attention: H={q.shape[1]} query heads are not a multiple of Hkv={k.shape[1]}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (np.float32, np.float64):
+        raise ValueError(f"flash attention: q, k, v must all be float32 or all float64, "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, T, D = q.shape
+    blocks = default_blocks(D, block_q, block_k)
+    spec.check(B, T, k.shape[2])
+    prefix, pad = spec.per_sample(B)                                        # (B,), (B,)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    return q, k, v, scale, (prefix, pad, spec.q_offset, spec.local_code, spec.window), blocks
+
+
+def default_blocks(D, block_q=None, block_k=None):
+    """Tile sizes (block_q, block_k): 64 x 64 up to D = 64; for larger D a smaller block_k, so that a
+    tile product (block_q * block_k * D multiply-adds) stays <= 2^18, OpenBLAS's one-thread limit."""
+    block_q = 64 if block_q is None else int(block_q)
+    block_k = max(16, min(64, 2**18 // (block_q * D))) if block_k is None else int(block_k)
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"flash attention: block_q={block_q}, block_k={block_k} must be >= 1")
+    return block_q, block_k
+
+
+# ---------------------------------------------------------------- exp, vectorisable
+
+# math.exp is a call into the C library: the compiler cannot run it on 8 numbers at once, and a
+# causal forward pass at T = 1024 (B=4, H=12) takes 25 million of them, as many again in the backward.
+# For float32 we compute exp with arithmetic only (Cephes' expf), which the compiler does vectorise:
+#     x = n ln2 + r,  n = round(x / ln2),  |r| <= ln2 / 2      (ln2 split in two parts, so n*ln2 is exact)
+#     exp(r) = 1 + r + r^2 * poly(r)                           (degree 5, accurate to float32 rounding)
+#     exp(x) = exp(r) * 2^n,  2^n built from its bits          (exponent field n + 127, shifted left 23)
+# Measured against float64 exp on [-100, 10]: max relative error 8.1e-8 (NumPy's float32 exp: 2.0e-7).
+# Arguments at or below LOWEST (including the -inf of masked keys) give exactly 0. float64 keeps math.exp.
+LOG2E, HALF, ONE, ZERO = np.float32(1.4426950408889634), np.float32(0.5), np.float32(1.0), np.float32(0.0)
+LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)      # ln 2 = LN2_HI + LN2_LO
+P0, P1, P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
+P3, P4, P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
+LOWEST = np.float32(-87.33654)                                              # exp(LOWEST) = 2^-126, the smallest normal
+BIAS = np.int32(127)                                                        # float32 exponent bias
+
+
+@njit(fastmath=False, cache=False)
+def _exp_float32(x):
+    """exp(x) for a float32 x <= 88, with float32 arithmetic only (vectorisable)."""
+    xc = LOWEST if x <= LOWEST else x                                       # keep 2^n a normal number
+    n = np.floor(xc * LOG2E + HALF)                                         # nearest integer to x / ln 2
+    r = xc - n * LN2_HI - n * LN2_LO                                        # x - n ln2, |r| <= ln2 / 2
+    y = (((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5) * (r * r) + r + ONE   # exp(r)
+    two_n = np.int32((np.int32(n) + BIAS) << 23).view(np.float32)           # 2^n: exponent bits n + 127
+    return ZERO if x <= LOWEST else y * two_n                               # masked (-inf) -> exactly 0; NaN stays NaN
+
+
+def _exp(x):
+    """exp for the kernels: _exp_float32 on float32, math.exp on float64 (chosen when Numba compiles)."""
+    return math.exp(x)
+
+
+@overload(_exp)
+def _exp_for_type(x):
+    if x == types.float32:
+        return lambda x: _exp_float32(x)
+    return lambda x: math.exp(x)
+
+
+# ---------------------------------------------------------------- small helpers
+
+@njit(fastmath=False, cache=False)
+def _view(buf, rows, cols):
+    """The first rows*cols numbers of a flat workspace as a C-contiguous (rows, cols) matrix (no copy).
+    BLAS needs contiguous operands; a (rows, cols) corner of a bigger 2-D buffer would not be."""
+    return buf[:rows * cols].reshape((rows, cols))
+
+
+@njit(fastmath=False, cache=False)
+def _mask_transposed(sT, i_lo, c0, mask):
+    """sT[jj, ii] = -inf where key c0 + jj is hidden from the query at position i_lo + ii."""
+    nc, nr = sT.shape
+    for jj in range(nc):
+        for ii in range(nr):
+            if not _key_visible(i_lo + ii, c0 + jj, *mask):                 # query i_lo+ii, key c0+jj (absolute)
+                sT[jj, ii] = -np.inf
+
+
+@njit(fastmath=False, cache=False)
+def _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, buf):
+    """sT = k_tile @ qT  (nc, nr): the tile's scores, transposed (qT carries the scale), -inf where hidden."""
+    nr = qT.shape[1]
+    sT = _view(buf, nc, nr)                                                 # (Bk, Bq) workspace
+    np.dot(k[b, kvh, c0:c0 + nc], qT, sT)                                   # (nc, D) @ (D, nr): keys c0 .. c0+nc-1
+    if not _tile_all_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
+        _mask_transposed(sT, i_lo, c0, mask)                                # only tiles the mask cuts through
+    return sT
+
+
+@njit(fastmath=False, cache=False)
+def _load_transposed(x, b, h, r0, nr, scale, buf):
+    """xT[d, ii] = x[b, h, r0 + ii, d] * scale  (D, nr): a tile of rows, transposed, in a workspace.
+    (BLAS multiplies k_tile @ qT fastest with both operands row-major: 6 us for 64x64x64, 9 us with q_tile.T.)"""
+    D = x.shape[3]
+    xT = _view(buf, D, nr)
+    for ii in range(nr):
+        for d in range(D):
+            xT[d, ii] = x[b, h, r0 + ii, d] * scale
+    return xT
+
+
+# ---------------------------------------------------------------- forward
+
+@njit(parallel=True, nogil=True, fastmath=False, cache=False)
+def _forward_kernel(q, k, v, prefix, pad, q_offset, local, window, scale, block_q, block_k, o, L):
+    """O and L of every query tile of every head: one prange worker per thread, items dealt round-robin."""
+    B, H, T, D = q.shape
+    n_qt = (T + block_q - 1) // block_q                                     # query tiles per head
+    n_items = B * H * n_qt                                                  # item = (b * H + h) * n_qt + tile
+    n_workers = min(get_num_threads(), n_items)
+    for w in prange(n_workers):
+        work = (np.empty(D * block_q, q.dtype),                             # the scaled query tile, transposed (D, Bq)
+                np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
+                np.empty(D * block_q, q.dtype),                             # p-weighted values of a tile (D, Bq)
+                np.empty(D * block_q, q.dtype),                             # the running output, transposed (D, Bq)
+                np.empty((4, block_q), q.dtype))                            # m, l, safe max, alpha per query row
+        for item in range(w, n_items, n_workers):                           # worker w: items w, w + n_workers, ...
+            b = item // (H * n_qt)                                          # undo item = (b * H + h) * n_qt + tile
+            h = item // n_qt % H
+            tile = item % n_qt
+            if item // n_qt % 2 == 1:                                       # every other head walks its tiles from the
+                tile = n_qt - 1 - tile                                      # end: each worker gets long and short ones
+            r0 = tile * block_q                                             # the tile's first query row
+            nr = min(block_q, T - r0)                                       # rows in the tile (the last may be short)
+            mask = (prefix[b], pad[b], local, window)                       # sample b's mask
+            _forward_tile(q, k, v, o, L, b, h, r0, nr, q_offset, mask, scale, block_k, work)
+
+
+@njit(fastmath=False, cache=False)
+def _forward_tile(q, k, v, o, L, b, h, r0, nr, q_offset, mask, scale, block_k, work):
+    """One query tile (rows r0 .. r0+nr-1 of head h) against every key tile it can see: writes O and L."""
+    q_buf, s_buf, pv_buf, acc_buf, rows = work
+    D, S = q.shape[3], k.shape[2]
+    kvh = h // (q.shape[1] // k.shape[1])                                   # query head h reads kv head h // g
+    qT = _load_transposed(q, b, h, r0, nr, scale, q_buf)                    # (D, nr): scaled once, not every score
+    accT = _view(acc_buf, D, nr)                                            # (D, nr)
+    accT[:, :] = 0.0
+    rows[0, :nr] = -np.inf                                                  # m: no key seen yet
+    rows[1, :nr] = 0.0                                                      # l
+    i_lo = q_offset + r0                                                    # absolute position of row r0
+    for c0 in range(0, S, block_k):                                         # key tiles, left to right
+        nc = min(block_k, S - c0)                                           # keys in this tile
+        if not _tile_may_be_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
+            continue                                                        # hidden: no work at all
+        sT = _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, s_buf)   # (nc, nr)
+        _online_softmax(sT, rows)                                           # sT becomes p; m, l, alpha updated
+        pvT = _view(pv_buf, D, nr)                                          # (D, nr)
+        np.dot(v[b, kvh, c0:c0 + nc].T, sT, pvT)                            # (D, nc) @ (nc, nr) = (p @ v_tile)^T
+        alpha = rows[3]
+        for d in range(D):
+            for ii in range(nr):
+                accT[d, ii] = alpha[ii] * accT[d, ii] + pvT[d, ii]          # acc = alpha * acc + p @ v_tile
+    for ii in range(nr):
+        for d in range(D):
+            o[b, h, r0 + ii, d] = accT[d, ii] / rows[1, ii]                 # out = acc / l
+        L[b, h, r0 + ii] = rows[0, ii] + math.log(rows[1, ii])              # L = m + log(l)
+
+
+@njit(fastmath=False, cache=False)
+def _online_softmax(sT, rows):
+    """Fold one tile of scores sT (nc, nr) into each row's running max m and sum l. Afterwards
+    sT holds p = exp(s - m_new) and rows[3] holds alpha = exp(m_old - m_new) per row."""
+    nc, nr = sT.shape
+    m, l, m_safe, alpha = rows[0], rows[1], rows[2], rows[3]
+    for ii in range(nr):
+        m_safe[ii] = m[ii]
+    for jj in range(nc):
+        for ii in range(nr):                                                # the new max, elementwise over rows
+            if sT[jj, ii] > m_safe[ii]:
+                m_safe[ii] = sT[jj, ii]
+    for ii in range(nr):
+        m_new = m_safe[ii]
+        if m_new == -np.inf:                                                # the row has seen no visible key yet:
+            m_safe[ii] = 0.0                                                # subtract 0, never -inf - (-inf) = nan
+        alpha[ii] = _exp(m[ii] - m_safe[ii])                                # 0 while m is -inf
+        l[ii] *= alpha[ii]
+        m[ii] = m_new
+    for jj in range(nc):
+        for ii in range(nr):                                                # elementwise over rows: vectorised
+            p = _exp(sT[jj, ii] - m_safe[ii])                               # 0 where masked (-inf)
+            sT[jj, ii] = p
+            l[ii] += p                                                      # l += rowsum(p)
+
+
+# ---------------------------------------------------------------- backward
+
+@njit(parallel=True, nogil=True, fastmath=False, cache=False)
+def _backward_kernel(q, k, v, o, L, do, prefix, pad, q_offset, local, window, scale, block_q, block_k,
+                     dq, dk, dv):
+    """dq, dk, dv. Item = (b, kv head): it owns dk[b, kvh], dv[b, kvh] and dq of the g query heads
+    h = kvh*g .. kvh*g + g-1, so no two threads ever write the same numbers."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    g = H // Hkv                                                            # query heads per kv head
+    n_items = B * Hkv                                                       # item = b * Hkv + kvh
+    n_workers = min(get_num_threads(), n_items)
+    for w in prange(n_workers):
+        work = (np.empty(block_q * D, q.dtype),                             # the scaled query tile (Bq, D)
+                np.empty(D * block_q, q.dtype),                             # ... and transposed (D, Bq)
+                np.empty(D * block_q, q.dtype),                             # the dO tile, transposed (D, Bq)
+                np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
+                np.empty(block_k * block_q, q.dtype),                       # dp, then ds, transposed (Bk, Bq)
+                np.empty(max(block_q, block_k) * D, q.dtype),               # one tile product before it is added
+                np.empty(block_q * D, q.dtype),                             # dq of the query tile (Bq, D)
+                np.empty((2, block_q), q.dtype))                            # L and Di per query row
+        for item in range(w, n_items, n_workers):
+            b, kvh = item // Hkv, item % Hkv                                # undo item = b * Hkv + kvh
+            mask = (prefix[b], pad[b], local, window)
+            for h in range(kvh * g, kvh * g + g):                           # the query heads that read kv head kvh
+                for r0 in range(0, T, block_q):
+                    nr = min(block_q, T - r0)
+                    _backward_tile(q, k, v, o, L, do, b, h, kvh, r0, nr, q_offset, mask, scale, block_k,
+                                   dq, dk, dv, work)
+
+
+@njit(fastmath=False, cache=False)
+def _backward_tile(q, k, v, o, L, do, b, h, kvh, r0, nr, q_offset, mask, scale, block_k, dq, dk, dv, work):
+    """One query tile of head h against every key tile it can see: writes dq of the tile and adds
+    into dk[b, kvh], dv[b, kvh]."""
+    q_buf, qT_buf, doT_buf, s_buf, ds_buf, prod_buf, dq_buf, rows = work
+    D, S = q.shape[3], k.shape[2]
+    q_tile = _view(q_buf, nr, D)                                            # (nr, D)
+    Lt, Di = rows[0], rows[1]
+    for ii in range(nr):
+        Lt[ii] = L[b, h, r0 + ii]
+        Di[ii] = 0.0
+        for d in range(D):
+            q_tile[ii, d] = q[b, h, r0 + ii, d] * scale                     # scaled queries, as in the forward
+            Di[ii] += do[b, h, r0 + ii, d] * o[b, h, r0 + ii, d]            # Di = rowsum(dO * O)
+    qT = _load_transposed(q, b, h, r0, nr, scale, qT_buf)                   # (D, nr)
+    doT = _load_transposed(do, b, h, r0, nr, 1.0, doT_buf)                  # (D, nr)
+    do_tile = do[b, h, r0:r0 + nr]                                          # (nr, D) a view
+    dq_tile = _view(dq_buf, nr, D)                                          # (nr, D)
+    dq_tile[:, :] = 0.0
+    i_lo = q_offset + r0
+    for c0 in range(0, S, block_k):
+        nc = min(block_k, S - c0)
+        if not _tile_may_be_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
+            continue
+        pT = _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, s_buf)   # (nc, nr) scores^T
+        dsT = _view(ds_buf, nc, nr)
+        np.dot(v[b, kvh, c0:c0 + nc], doT, dsT)                             # (nc, nr) dp^T = (dO v_tile^T)^T
+        for jj in range(nc):
+            for ii in range(nr):
+                pT[jj, ii] = _exp(pT[jj, ii] - Lt[ii])                      # p = exp(s - L), 0 where masked
+                dsT[jj, ii] = pT[jj, ii] * (dsT[jj, ii] - Di[ii])           # ds = p * (dp - Di)
+        _add_product(dv[b, kvh, c0:c0 + nc], pT, do_tile, prod_buf)         # dv_tile += p^T dO
+        _add_product(dk[b, kvh, c0:c0 + nc], dsT, q_tile, prod_buf)         # dk_tile += ds^T (q * scale)
+        _add_product(dq_tile, dsT.T, k[b, kvh, c0:c0 + nc], prod_buf)       # dq_tile += ds k_tile (scale below)
+    for ii in range(nr):
+        for d in range(D):
+            dq[b, h, r0 + ii, d] = dq_tile[ii, d] * scale                   # s = q k^T * scale: dq = scale * ds k
+
+
+@njit(fastmath=False, cache=False)
+def _add_product(out, a, b, buf):
+    """out += a @ b, through a workspace (Numba's np.dot overwrites its output; it cannot accumulate)."""
+    prod = _view(buf, out.shape[0], out.shape[1])
+    np.dot(a, b, prod)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[r, c] += prod[r, c]
