@@ -197,7 +197,7 @@ def part_b_losses(texts, seed=0, corrupt=None):
 trained = part_b_losses(val_texts(TEXT_LEN))
 freqs = np.bincount(run.train_tokens, minlength=V) / len(run.train_tokens)      # (V,)
 unigram = float(-(freqs[freqs > 0] * np.log(freqs[freqs > 0])).sum())
-print(f"held-out Part B loss: " + ", ".join(f"{k} {v:.3f}" for k, v in trained.items()))
+print("held-out Part B loss: " + ", ".join(f"{k} {v:.3f}" for k, v in trained.items()))
 print(f"(log V = {np.log(V):.3f}; a model that knows only the character frequencies: {unigram:.3f})")
 
 # %% [markdown]
