@@ -47,7 +47,9 @@ def save_figure(fig, name, folder=None):
 
 def _show_inline(path):
     """In a notebook (an IPython kernel runs this code), show the saved PNG under the cell; elsewhere nothing."""
-    if "ipykernel" not in sys.modules:
+    ipython = sys.modules.get("IPython")                                    # imported by any notebook kernel
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None:                              # plain Python, or IPython in a terminal
         return
     from IPython.display import Image, display
     display(Image(filename=str(path)))

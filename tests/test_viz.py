@@ -103,21 +103,22 @@ def test_plot_curves_empty_is_error():
 
 
 def test_save_figure_shows_the_png_inline_in_a_notebook(tmp_path, monkeypatch):
-    """Under an IPython kernel the saved PNG is displayed (the figure shows under the cell); elsewhere not."""
+    """Under a running IPython kernel the saved PNG is displayed (the figure shows under the cell); in plain
+    Python, or with IPython imported but no kernel (a test process that imported ipykernel), nothing is shown."""
     import sys
     import types
 
     import matplotlib.pyplot as plt
 
     from minigpt import viz
-    shown = []
+    shown, shell = [], types.SimpleNamespace(kernel=None)
     display_module = types.SimpleNamespace(Image=lambda filename: ("image", filename), display=shown.append)
     monkeypatch.setitem(sys.modules, "IPython.display", display_module)
-    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(display=display_module))
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    ipython = types.SimpleNamespace(display=display_module, get_ipython=lambda: shell)
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
     viz.save_figure(plt.figure(), "plain", folder=tmp_path)
     assert shown == []
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    shell.kernel = object()
     path = viz.save_figure(plt.figure(), "inline", folder=tmp_path)
     assert shown == [("image", str(path))] and path.exists()
 
