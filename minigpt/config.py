@@ -41,6 +41,7 @@ POSITIONS = ("learned", "sinusoidal", "rope", "glm2d", "rope2d")
 ROPE_PAIRINGS = ("half", "interleaved")
 ATTENTIONS = ("causal", "prefix")
 ATTENTION_PATTERNS = ("dense", "alternating", "sliding")
+ATTENTION_IMPLS = ("reference", "flash-numpy", "flash-cpu", "flash-cuda", "auto")
 GATE_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}   # a gated MLP's name -> the nonlinearity on its gate
 # Fields that shape training but not the function the weights compute (a checkpoint does not record them)
 TRAINING_FIELDS = ("dropout", "init_std", "scaled_residual_init")
@@ -73,6 +74,9 @@ class ModelConfig:
     attention_pattern: str = "dense"
     attn_window: int = 16                 # local attention: GPT-3's banded layers see their own block of
                                           # attn_window positions, Mistral's sliding window the last attn_window
+    # How attention is computed, not what: the NumPy reference (the oracle), a fused flash kernel
+    # (minigpt.kernels), or "auto" (flash-cuda on a GPU, flash-cpu on a CPU from AUTO_FLASH_CPU_MIN_T positions).
+    attention_impl: str = field(default="reference", compare=False)
     qk_norm: bool = False                 # Qwen3: RMSNorm (weights q_norm.w, k_norm.w of size D) on q and k per head
     dropout: float = 0.0
     init_std: float = 0.02
@@ -90,7 +94,8 @@ class ModelConfig:
         _check_positive_int("n_kv_head", self.n_kv_head)
         for name, known in (("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("activation", ACTIVATIONS),
                             ("positions", POSITIONS), ("rope_pairing", ROPE_PAIRINGS),
-                            ("attention", ATTENTIONS), ("attention_pattern", ATTENTION_PATTERNS)):
+                            ("attention", ATTENTIONS), ("attention_pattern", ATTENTION_PATTERNS),
+                            ("attention_impl", ATTENTION_IMPLS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {known}")
         for name in ("final_norm", "qkv_bias", "bias", "tie_embeddings", "qk_norm", "scaled_residual_init"):

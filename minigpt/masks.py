@@ -39,7 +39,7 @@ def _check_window(window):
     return int(window)
 
 
-def _per_sample(name, value, limit):
+def per_sample_lengths(name, value, limit):
     """None, an int, or a 1-D int array (one per sample) of values in [0, limit], checked on the host
     -> None, a 0-d array, or (B, 1, 1): either broadcasts against (T, S)."""
     if value is None:
@@ -76,10 +76,10 @@ def attention_mask(T, S=None, prefix_len=None, pad_len=None, local=None, window=
     i = xp.arange(S - T, S)[:, None]                                        # (T, 1) query positions
     j = xp.arange(S)[None, :]                                               # (1, S) key positions
     visible = j <= i                                                        # (T, S)
-    prefix = _per_sample("prefix_len", prefix_len, S)
+    prefix = per_sample_lengths("prefix_len", prefix_len, S)
     if prefix is not None:
         visible = visible | (j < xp.asarray(prefix))                        # (T, S) or (B, T, S)
-    pad = _per_sample("pad_len", pad_len, S)
+    pad = per_sample_lengths("pad_len", pad_len, S)
     pad = 0 if pad is None else xp.asarray(pad)                             # () or (B, 1, 1)
     if local is not None:
         if local not in ("banded", "sliding"):

@@ -43,7 +43,10 @@ from minigpt.layers.norms import (layernorm_backward, layernorm_forward, qk_norm
 from minigpt.layers.positions import (glm_position_backward, glm_position_forward, learned_position_backward,
                                       learned_position_forward, sinusoidal_encoding)
 from minigpt.layers.rope import rope2d_backward, rope2d_forward, rope_backward, rope_cos_sin, rope_forward
-from minigpt.masks import attention_mask, explicit_mask
+from minigpt.kernels import MaskSpec, flash_attention_backward, flash_attention_forward
+from minigpt.masks import attention_mask, explicit_mask, per_sample_lengths
+
+AUTO_FLASH_CPU_MIN_T = 256   # attention_impl="auto" on a CPU: flash-cpu from this many positions (faster there)
 
 
 class BlockContext(NamedTuple):
@@ -62,7 +65,8 @@ class AttentionSublayerCache(NamedTuple):
     qk_norm: tuple       # the QK-norm cache (Qwen3), else None
     q_rot: tuple         # the rotation caches of q and k (RoPE), else None
     k_rot: tuple
-    attention: tuple     # the attention core's cache
+    attention: tuple     # the attention core's cache (the reference's, or a flash kernel's)
+    impl: str            # which computed it: "reference" or a flash kernel (config.attention_impl)
     out_proj: tuple      # the output projection's linear cache
     dropout: tuple       # the dropout cache of the sublayer's output, None without dropout
 
@@ -164,6 +168,8 @@ class Model:
         """The attention probabilities of the last forward, one (B, H, T, S) array per layer (for plots)."""
         if self._cache is None:
             raise ValueError("attention_maps: no forward to read (call forward first, without a kv_cache)")
+        if any(block.attn.impl != "reference" for block in self._cache.blocks):
+            raise ValueError("attention_maps: a flash kernel keeps no probabilities; use attention_impl='reference'")
         maps = []
         for block in self._cache.blocks:
             probs = block.attn.attention.probs                                   # (B, Hkv, g*T, S)
@@ -301,12 +307,33 @@ class Model:
         k, k_rot = self._rotate(k, context)                                      # (B, Hkv, T, D)
         if context.kv_cache is not None:
             k, v = context.kv_cache.store(i, k, v)                               # (B, Hkv, S, D): all so far
-        o, att_cache = attention_forward(q, k, v, mask)                          # (B, H, T, D)
+        o, att_cache, impl = self._attend(q, k, v, mask)                        # (B, H, T, D)
         o = merge_heads(o)                                                       # (B, T, H*D)
         out, o_cache = linear_forward(o, p[f"{name}.wo"], p.get(f"{name}.bo"))   # (B, T, C)
         out, drop_cache = self._dropout(out)
-        return out, AttentionSublayerCache(q_cache, k_cache, v_cache, qk_cache, q_rot, k_rot, att_cache,
+        return out, AttentionSublayerCache(q_cache, k_cache, v_cache, qk_cache, q_rot, k_rot, att_cache, impl,
                                            o_cache, drop_cache)
+
+    def _attend(self, q, k, v, mask):
+        """The attention core: a dense boolean mask goes to the NumPy reference, a MaskSpec to the flash
+        kernel of config.attention_impl (same result, O(T) memory). -> out (B, H, T, D), cache, impl."""
+        if isinstance(mask, MaskSpec):
+            impl = self._flash_impl()
+            out, cache = flash_attention_forward(q, k, v, mask, impl=impl)
+            return out, cache, impl
+        out, cache = attention_forward(q, k, v, mask)
+        return out, cache, "reference"
+
+    def _flash_impl(self):
+        impl = self.config.attention_impl
+        return ("flash-cuda" if self.device == "cuda" else "flash-cpu") if impl == "auto" else impl
+
+    def _uses_flash(self, T):
+        """Does attention over T queries run on a flash kernel (config.attention_impl, "auto" by size)?"""
+        impl = self.config.attention_impl
+        if impl == "auto":
+            return self.device == "cuda" or T >= AUTO_FLASH_CPU_MIN_T
+        return impl != "reference"
 
     def _rotate(self, x, context):
         """RoPE on x (B, H|Hkv, T, D), by one position id ("rope") or GLM's two ("rope2d"); x as it is
@@ -411,7 +438,10 @@ class Model:
         if dbo is not None:
             g[f"{name}.bo"] += dbo
         do = split_heads(do, cfg.n_head)                                         # (B, H, T, D) undoes merge_heads
-        dq, dk, dv = attention_backward(do, cache.attention)                     # (B, H|Hkv, T, D)
+        if cache.impl == "reference":
+            dq, dk, dv = attention_backward(do, cache.attention)                 # (B, H|Hkv, T, D)
+        else:
+            dq, dk, dv = flash_attention_backward(do, cache.attention)           # recomputes, tile by tile
         dq = self._rotate_backward(dq, cache.q_rot)                              # rotate back
         dk = self._rotate_backward(dk, cache.k_rot)
         if cfg.qk_norm:
@@ -527,6 +557,14 @@ class Model:
                              f"attention='prefix' models (GLM, ChatGLM-6B) take a prefix")
         masks = {}                                                               # local kind -> mask, built once
         for kind in {cfg.local_attention(i) for i in range(cfg.n_layer)}:
+            if self._uses_flash(T):                                              # the rule as numbers, no (T, S) array
+                for name, value in (("prefix_len", prefix_len), ("pad_len", pad_len)):
+                    lengths = per_sample_lengths(name, value, past + T)
+                    if lengths is not None and lengths.size not in (1, B):
+                        raise ValueError(f"{name}: one per sample expected, got {lengths.size} for a batch of B={B}: "
+                                         f"expected shape (B,) = ({B},)")
+                masks[kind] = MaskSpec.from_mask_args(T, past + T, prefix_len, pad_len, kind, cfg.attn_window)
+                continue
             mask = attention_mask(T, past + T, prefix_len, pad_len, kind, cfg.attn_window, xp=self.xp)
             masks[kind] = self._batch_sized(mask, B, "prefix_len / pad_len")    # (T, S) or (B, T, S)
         return [masks[cfg.local_attention(i)] for i in range(cfg.n_layer)]

@@ -381,3 +381,38 @@ def test_model_attention_maps_are_each_heads_softmax():
     q = cache.q_grouped.reshape(B, 4, T, -1)                                # (B, H, T, D)
     _, _, probs = attention_forward(q, cache.k, cache.v, causal_mask(T), return_probs=True)
     np.testing.assert_allclose(maps[1], probs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["flash-numpy", "flash-cpu"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_flash_attention_equals_the_reference(name, impl):
+    """config.attention_impl swaps the attention core for a fused kernel (masks as a MaskSpec): the same
+    logits and every gradient as the NumPy reference (float64, 1e-10), prefix masks and local windows too."""
+    ref = Model(tiny(name), seed=0, dtype="float64")
+    move_off_init(ref)
+    flash = Model(tiny(name, attention_impl=impl), dtype="float64", params={k: v.copy() for k, v in ref.params.items()})
+    ids, targets = batch()
+    for model in (ref, flash):
+        _, dlogits = cross_entropy(model.forward(ids, **forward_kwargs(model.config)), targets)
+        model.zero_grad()
+        model.backward(dlogits)
+    np.testing.assert_allclose(flash.forward(ids, **forward_kwargs(flash.config)),
+                               ref.forward(ids, **forward_kwargs(ref.config)), rtol=0, atol=1e-10)
+    for key in ref.grads:
+        np.testing.assert_allclose(flash.grads[key], ref.grads[key], rtol=0, atol=1e-10, err_msg=key)
+
+
+def test_model_flash_attention_in_generation_and_auto():
+    from minigpt.generate import generate
+    ref = Model(tiny("mistral"), seed=0, dtype="float64")
+    flash = Model(tiny("mistral", attention_impl="flash-cpu"), dtype="float64", params=ref.params)
+    prompts = [[1, 2, 3], [4]]
+    assert generate(flash, prompts, max_new_tokens=4, temperature=0) == generate(ref, prompts, max_new_tokens=4,
+                                                                                   temperature=0)
+    auto = Model(tiny("gpt2", attention_impl="auto"))
+    assert not auto._uses_flash(8) and auto._uses_flash(256)               # CPU: flash from 256 positions
+    auto.forward(batch()[0])
+    assert len(auto.attention_maps()) == 2
+    flash.forward(batch()[0])
+    with pytest.raises(ValueError, match="flash kernel keeps no probabilities"):
+        flash.attention_maps()
