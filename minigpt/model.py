@@ -46,7 +46,9 @@ from minigpt.layers.rope import rope2d_backward, rope2d_forward, rope_backward, 
 from minigpt.kernels import MaskSpec, flash_attention_backward, flash_attention_forward
 from minigpt.masks import attention_mask, explicit_mask, per_sample_lengths
 
-AUTO_FLASH_CPU_MIN_T = 256   # attention_impl="auto" on a CPU: flash-cpu from this many positions (faster there)
+# attention_impl="auto" on a CPU: flash-cpu from this many positions. Measured forward + backward, float32, causal,
+# B=8, H=4, D=16, one thread each: T=32 0.31 ms reference vs 0.33 ms flash-cpu; T=64 1.45 vs 0.86; T=256 25.8 vs 5.8.
+AUTO_FLASH_CPU_MIN_T = 64
 
 
 class BlockContext(NamedTuple):
