@@ -1,7 +1,9 @@
 """The `minigpt` command line (also `python -m minigpt`).
 
-    minigpt train      train a preset on a text (the main job: `minigpt train` with no arguments)
+    minigpt train      train a preset on a text (the main job: `minigpt train` with no arguments);
+                       with --sft / --dpo DATA --init RUN: fine-tune a run into an assistant (minigpt.finetune)
     minigpt sample     text from a trained run, or from a Hugging Face checkpoint folder
+    minigpt chat       talk to a fine-tuned run: the template applied, the answer streamed, /reset, /exit
     minigpt params     parameter and FLOP counts of a preset, without allocating a weight
     minigpt plot       masks, positional encodings, a run's attention maps or loss curve, as PNGs
     minigpt gradcheck  numerical gradient checks of a preset or a layer
@@ -26,6 +28,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(commands)
     _sample_parser(commands)
+    _chat_parser(commands)
     _params_parser(commands)
     _plot_parser(commands)
     _gradcheck_parser(commands)
@@ -35,27 +38,54 @@ def build_parser():
 def _train_parser(commands):
     from minigpt.train import TrainOptions
     d = TrainOptions()
-    p = commands.add_parser("train", help="train a preset on a text (defaults: the main job)",
+    p = commands.add_parser("train", help="train a preset on a text (defaults: the main job), or fine-tune a run",
                             description="Train a preset. With no arguments: the gpt2 preset at its tiny size, "
-                                        "character tokenizer, the built-in corpus, a few minutes on 2 CPU cores.")
-    p.add_argument("--preset", default=d.preset, help=f"a tiny preset (default {d.preset})")
-    p.add_argument("--data", default=d.data, help="'builtin', a UTF-8 text file, or a folder of them")
-    p.add_argument("--tokenizer", default=d.tokenizer, choices=("char", "bpe"))
-    p.add_argument("--bpe-vocab-size", type=int, default=d.bpe_vocab_size)
+                                        "character tokenizer, the built-in corpus, a few minutes on 2 CPU cores. "
+                                        "With --sft or --dpo: fine-tune the run given by --init instead.")
+    # None = not given: pretraining fills in TrainOptions' defaults, fine-tuning its own (_finetune_options)
+    p.add_argument("--preset", default=None, help=f"a tiny preset (default {d.preset})")
+    p.add_argument("--data", default=None, help=f"'builtin', a UTF-8 text file, or a folder of them (default {d.data})")
+    p.add_argument("--tokenizer", default=None, choices=("char", "bpe"), help=f"default {d.tokenizer}")
+    p.add_argument("--bpe-vocab-size", type=int, default=None, help=f"default {d.bpe_vocab_size}")
     p.add_argument("--objective", choices=("clm", "glm"), default=None,
                    help="default: glm for the glm / chatglm presets, clm for the rest")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: steps / 20")
+    fine = _finetune_defaults()
     for name, kind in (("steps", int), ("batch-size", int), ("seq-len", int), ("accumulate", int), ("lr", float),
-                       ("weight-decay", float), ("eval-every", int),
-                       ("checkpoint-every", int), ("seed", int)):
+                       ("weight-decay", float), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):
         attr = name.replace("-", "_")
-        p.add_argument(f"--{name}", type=kind, default=getattr(d, attr), help=f"default {getattr(d, attr)}")
+        extra = "" if attr in ("seq_len", "accumulate", "seed") else \
+            f"; --sft {getattr(fine['sft'], attr)}, --dpo {getattr(fine['dpo'], attr)}"
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"default {getattr(d, attr)}{extra}")
     p.add_argument("--device", default=d.device, choices=("cpu", "cuda"))
-    p.add_argument("--out", default=None, help="the run folder (default runs/PRESET-TOKENIZER)")
+    p.add_argument("--out", default=None, help="the run folder (default runs/PRESET-TOKENIZER; fine-tuning: "
+                                               "the --init folder's name + -sft or -dpo)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig field of the preset, e.g. --set n_layer=2 --set dropout=0.1")
+    p.add_argument("--attention", choices=("reference", "flash-numpy", "flash-cpu", "flash-cuda", "auto"), default=None,
+                   help="how attention is computed (default: the preset's, the NumPy reference)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("fine-tuning (minigpt.finetune)")
+    kind = g.add_mutually_exclusive_group()
+    kind.add_argument("--sft", metavar="DATA", help="instruction tuning on DATA: 'builtin' (synthetic instructions) "
+                                                     "or a JSONL file of {\"messages\": [...]}, one per line")
+    kind.add_argument("--dpo", metavar="DATA", help="preference tuning (DPO) on DATA: 'builtin' or a JSONL file of "
+                                                     "{\"prompt\", \"chosen\", \"rejected\"}")
+    g.add_argument("--init", metavar="RUN", help="the run folder to start from (and, for --dpo, the frozen reference)")
+    g.add_argument("--template", default=None, choices=sorted(_template_names()),
+                   help="the chat template (default: the one --init was tuned with, else minimal)")
+    g.add_argument("--beta", type=float, default=None, help=f"DPO's beta (default {fine['dpo'].beta})")
+
+
+def _template_names():
+    from minigpt.chat import TEMPLATES
+    return TEMPLATES
+
+
+def _finetune_defaults():
+    from minigpt.finetune import DPO_DEFAULTS, FinetuneOptions
+    return {"sft": FinetuneOptions(), "dpo": FinetuneOptions(**DPO_DEFAULTS)}
 
 
 def _sample_parser(commands):
@@ -66,6 +96,24 @@ def _sample_parser(commands):
     p.add_argument("--prompt", default="\n")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _chat_parser(commands):
+    p = commands.add_parser("chat", help="talk to a fine-tuned run (reads lines from standard input)",
+                            description="A small chat loop: each line you type is a user message, the answer is "
+                                        "streamed as the model writes it. The history is kept as long as it fits in "
+                                        "the model's context (the oldest exchanges are dropped). /reset forgets the "
+                                        "history, /exit (or end of input) ends.")
+    p.add_argument("--run", required=True, help="a run folder written by `minigpt train --sft` (or --dpo)")
+    p.add_argument("--template", default=None, choices=sorted(_template_names()),
+                   help="default: the template the run was tuned with")
+    p.add_argument("--system", default=None, help="a system message to start every conversation with")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="the longest answer (default 64; the context "
+                                                                  "may allow less)")
+    p.add_argument("--temperature", type=float, default=0.0, help="default 0: greedy, the model's best guess")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -130,15 +178,33 @@ def _overrides(pairs):
     return out
 
 
+_PRETRAIN_ONLY = ("preset", "data", "tokenizer", "bpe_vocab_size", "objective", "seq_len", "accumulate")
+_FINETUNE_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "eval_every", "checkpoint_every", "seed",
+                    "warmup_steps", "beta")
+
+
 def cmd_train(args):
+    if args.sft is not None or args.dpo is not None:
+        return _cmd_finetune(args)
+    stray = [f"--{name}" for name in ("init", "template", "beta") if getattr(args, name) is not None]
+    if stray:
+        raise ValueError(f"{', '.join(stray)}: only with --sft or --dpo (fine-tuning a run)")
     from minigpt.train import TrainingDiverged, TrainOptions, train
+    d = TrainOptions()
+
+    def given(name):
+        value = getattr(args, name)
+        return getattr(d, name) if value is None else value
+
     options = TrainOptions(
-        preset=args.preset, data=args.data, tokenizer=args.tokenizer, bpe_vocab_size=args.bpe_vocab_size,
-        objective=args.objective, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-        accumulate=args.accumulate, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-        out=args.out or f"runs/{args.preset}-{args.tokenizer}", resume=args.resume,
-        progress=not args.no_progress, model=_overrides(args.set))
+        preset=given("preset"), data=given("data"), tokenizer=given("tokenizer"),
+        bpe_vocab_size=given("bpe_vocab_size"),
+        objective=args.objective, steps=given("steps"), batch_size=given("batch_size"), seq_len=given("seq_len"),
+        accumulate=given("accumulate"), lr=given("lr"), warmup_steps=args.warmup_steps,
+        weight_decay=given("weight_decay"), eval_every=given("eval_every"), checkpoint_every=given("checkpoint_every"),
+        seed=given("seed"), device=args.device, out=args.out or f"runs/{given('preset')}-{given('tokenizer')}",
+        resume=args.resume, progress=not args.no_progress,
+        model={**_overrides(args.set), **({"attention_impl": args.attention} if args.attention else {})})
     try:
         result = train(options)
     except TrainingDiverged as err:
@@ -151,6 +217,65 @@ def cmd_train(args):
     for k, text in enumerate(result["samples"]):
         print(f"\n--- sample {k + 1} ---\n{text}")
     return 0
+
+
+def _finetune_options(args, kind):
+    """FinetuneOptions from the flags: the kind's defaults, then what was given."""
+    import dataclasses
+    import os
+
+    from minigpt import finetune
+    if args.init is None:
+        raise ValueError(f"--{kind} needs --init RUN: the run folder to fine-tune")
+    stray = [f"--{name.replace('_', '-')}" for name in _PRETRAIN_ONLY if getattr(args, name) is not None]
+    stray += ["--set"] * bool(args.set) + ["--resume"] * args.resume
+    if stray:
+        raise ValueError(f"{', '.join(stray)}: not used with --{kind} (the model, its tokenizer and its context "
+                         f"come from --init {args.init})")
+    fields = {name: getattr(args, name) for name in _FINETUNE_FIELDS if getattr(args, name) is not None}
+    template = args.template or finetune.run_template(args.init) or "minimal"
+    out = args.out or f"{os.path.normpath(args.init)}-{kind}"
+    return dataclasses.replace(_finetune_defaults()[kind], template=template, out=out, progress=not args.no_progress,
+                               device=args.device, **fields)
+
+
+def _cmd_finetune(args):
+    from minigpt import finetune
+    from minigpt.train import TrainingDiverged
+    kind, data = ("sft", args.sft) if args.sft is not None else ("dpo", args.dpo)
+    options = _finetune_options(args, kind)
+    try:
+        result = (finetune.sft if kind == "sft" else finetune.dpo)(args.init, data, options)
+    except TrainingDiverged as err:
+        print(f"minigpt train: {err}", file=sys.stderr)
+        return 1
+    last = {k: v for r in result.history for k, v in r.items()}                 # the latest value of each key
+    print(f"\ndone: {kind}, {options.steps} steps from {args.init}, {result.seconds:.0f} s; "
+          f"last loss {last['loss']:.4f}")
+    if kind == "dpo" and "val_accuracy" in last:
+        print(f"held-out pairs: preference accuracy {last['val_accuracy']:.0%} (0% at the start, when the policy is "
+              f"the reference), reward margin {last['val_margin']:.2f}, KL from the reference "
+              f"{last['val_kl']:.3f} nats per answer token")
+    elif "val_loss" in last:
+        print(f"held-out answer loss {last['val_loss']:.4f} nats per answer token")
+    if data == "builtin":
+        _report_task_accuracy(args.init, result, options, kind)
+    print(f"run folder {result.out} (checkpoints, log.jsonl); talk to it: minigpt chat --run {result.out}")
+    return 0
+
+
+def _report_task_accuracy(init, result, options, kind):
+    """Greedy answers to 100 held-out built-in instructions, before (the --init model) and after."""
+    from minigpt import finetune
+    tests = finetune.builtin_instructions(100, "test", seed=options.seed + 1, tasks=options.tasks)
+    before_model, before_tokenizer, _ = finetune.load_init(init, options.template, options.seed, options.device)
+    rows = []
+    for name, model, tokenizer in (("before", before_model, before_tokenizer),
+                                   ("after", result.model, result.tokenizer)):
+        acc = finetune.task_accuracy(model, tokenizer, tests, options.template)
+        tasks = ", ".join(f"{task} {value:.0%}" for task, value in acc["tasks"].items())
+        rows.append(f"  {name:>6}: {acc['accuracy']:.0%} right ({tasks}); {acc['in_template']:.0%} closed their turn")
+    print(f"held-out built-in instructions, greedy answers (before and after {kind}):\n" + "\n".join(rows))
 
 
 # --- sample ------------------------------------------------------------------------------------------
@@ -179,6 +304,100 @@ def cmd_sample(args):
         print(tokenizer.decode([token]), end="", flush=True)
     print()
     return 0
+
+
+# --- chat --------------------------------------------------------------------------------------------
+def _load_for_chat(args):
+    """(model, tokenizer, template) of a fine-tuned run; the sampling flags checked before the first line is read."""
+    from minigpt import checkpoint
+    from minigpt.chat import stop_ids
+    from minigpt.generate import _check_sampling
+    _check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: expected at least 1")
+    saved = checkpoint.load(args.run)
+    template = args.template or saved.state.get("template")
+    if template is None:
+        raise ValueError(f"{args.run}: this run was not tuned for chat (its checkpoint names no chat template); "
+                         f"tune it first: minigpt train --sft builtin --init {args.run}")
+    if saved.tokenizer is None:
+        raise ValueError(f"{args.run}: the checkpoint holds no tokenizer")
+    stop_ids(saved.tokenizer, template)                                # the tokenizer has the template's tokens
+    model = minigpt.Model(saved.config, dtype=saved.dtype, params=saved.params).eval()
+    return model, saved.tokenizer, template
+
+
+def _stream_answer(model, tokenizer, template, ids, args, turn):
+    """Generate and print the answer token by token (stopping at any special token); returns its text."""
+    from minigpt.chat import get_template
+    specials = set(tokenizer.special_tokens.values())
+    ends = sorted(tokenizer.special_tokens[s] for s in get_template(template).specials)
+    budget = min(args.max_new_tokens, model.config.max_seq_len - len(ids))
+    answer, shown = [], ""
+    for token in minigpt.generate_stream(model, ids, budget, args.temperature, args.top_k, args.top_p,
+                                         seed=args.seed + turn, stop_tokens=ends):
+        if token in ends:
+            break
+        if token in specials:                        # another special token (<unk>, ...): not part of the text
+            continue
+        answer.append(token)
+        text = tokenizer.decode(answer)
+        if not text.endswith("\ufffd"):              # a character cut in the middle of its bytes: wait for the rest
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    text = tokenizer.decode(answer)
+    print(text[len(shown):], flush=True)
+    return text
+
+
+def _chat_turn(model, tokenizer, template, history, user, args, turn, interactive):
+    """One exchange: fit the history in the context, stream the answer; returns the new history."""
+    from minigpt.finetune import fit_history
+    context = model.config.max_seq_len
+    try:
+        ids, messages = fit_history(history, user, tokenizer, template, context,
+                                    room=min(args.max_new_tokens, context // 2))
+    except ValueError as err:
+        print(f"({err})", file=sys.stderr)
+        return history
+    if interactive:
+        print("model> ", end="", flush=True)
+    try:
+        answer = _stream_answer(model, tokenizer, template, ids, args, turn)
+    except KeyboardInterrupt:
+        print("\n(interrupted: this exchange is forgotten)", file=sys.stderr)
+        return history
+    if not answer:                                   # an empty answer is kept out of the history
+        return messages[:-1]
+    return messages + [{"role": "assistant", "content": answer}]
+
+
+def cmd_chat(args):
+    model, tokenizer, template = _load_for_chat(args)
+    interactive = sys.stdin.isatty()
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    if interactive:
+        print(f"chatting with {args.run} (the {template} template, a context of {model.config.max_seq_len} tokens); "
+              "/reset forgets the history, /exit ends")
+    history, turn = list(start), 0
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            if interactive:
+                print()
+            return 0
+        user = line.strip()
+        if user == "/exit":
+            return 0
+        if user == "/reset":
+            history = list(start)
+            print("(history cleared)", file=sys.stderr)
+        elif user.startswith("/"):
+            print(f"(unknown command {user!r}: /reset forgets the history, /exit ends)", file=sys.stderr)
+        elif user:
+            history = _chat_turn(model, tokenizer, template, history, user, args, turn, interactive)
+            turn += 1
 
 
 # --- params ------------------------------------------------------------------------------------------
@@ -330,5 +549,5 @@ def cmd_gradcheck(args):
     return 0 if worst < 1e-6 else 1
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "params": cmd_params, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "chat": cmd_chat, "params": cmd_params, "plot": cmd_plot,
             "gradcheck": cmd_gradcheck}

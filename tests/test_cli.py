@@ -132,3 +132,131 @@ def test_cli_every_command_has_help(capsys):
             main([command, "--help"])
         assert done.value.code == 0
         assert f"usage: minigpt {command}" in capsys.readouterr().out
+
+
+# --- fine-tuning and chat ------------------------------------------------------------------------------
+import json  # noqa: E402
+import pty  # noqa: E402
+import select  # noqa: E402
+import time  # noqa: E402
+
+from minigpt import checkpoint  # noqa: E402
+
+FINETUNE = ["--batch-size", "4", "--eval-every", "2", "--no-progress"]
+
+
+def test_cli_sft_and_dpo_on_the_builtin_data(trained_run, tmp_path, capsys):
+    """The built-in instructions need a context of 48 tokens: the 16 of trained_run are refused, clearly."""
+    assert main(["train", "--sft", "builtin", "--init", str(trained_run), "--out", str(tmp_path / "no"),
+                 *FINETUNE]) == 2
+    assert "longer than the model's context of 16 + 1" in capsys.readouterr().err
+    pretrained, sft_out, dpo_out = tmp_path / "pre", tmp_path / "sft", tmp_path / "dpo"
+    assert main(["48" if a == "16" else a for a in TINY_TRAIN] + ["--out", str(pretrained)]) == 0    # --seq-len 48
+    assert main(["train", "--sft", "builtin", "--init", str(pretrained), "--steps", "3", "--out", str(sft_out),
+                 *FINETUNE]) == 0
+    printed = capsys.readouterr().out
+    assert "done: sft, 3 steps" in printed and "held-out answer loss" in printed
+    assert "before: 0% right" in printed and f"minigpt chat --run {sft_out}" in printed
+    saved = checkpoint.load(sft_out)
+    assert saved.state["kind"] == "sft" and saved.state["template"] == "minimal" and "<|end|>" in \
+        saved.tokenizer.special_tokens
+    assert main(["train", "--dpo", "builtin", "--init", str(sft_out), "--steps", "2", "--out", str(dpo_out),
+                 *FINETUNE]) == 0
+    printed = capsys.readouterr().out
+    assert "done: dpo, 2 steps" in printed and "preference accuracy" in printed and "KL from the reference" in printed
+    records = [json.loads(line) for line in (dpo_out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and records[0]["val_accuracy"] == 0.0 and records[0]["val_kl"] == 0.0   # start
+    assert records[1]["step"] == 1 and records[1]["accuracy"] == 0.0 and "val_kl" in records[-1]
+    assert main(["sample", "--run", str(dpo_out), "--prompt", "<|user|>copy ab<|end|><|assistant|>",
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("<|user|>copy ab<|end|><|assistant|>")
+
+
+@pytest.fixture(scope="module")
+def hello_run(trained_run, tmp_path_factory):
+    """A run instruction-tuned (from the tiny pretrained run) to answer "hi" with "hello"."""
+    folder = tmp_path_factory.mktemp("chat")
+    data = folder / "hello.jsonl"
+    line = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data.write_text((json.dumps(line) + "\n") * 4)
+    out = folder / "hello"
+    assert main(["train", "--sft", str(data), "--init", str(trained_run), "--steps", "80", "--lr", "1e-2",
+                 "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_cli_chat_through_standard_input(hello_run):
+    """Piped: only the answers on stdout, one a line; /reset and /exit work, and nothing after /exit is read."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    result = subprocess.run([sys.executable, "-m", "minigpt", "chat", "--run", str(hello_run)], env=env,
+                            input="hi\n/reset\n\nhi\n/exit\nhi\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\nhello\n"
+    assert "(history cleared)" in result.stderr
+    ended = subprocess.run([sys.executable, "-m", "minigpt", "chat", "--run", str(hello_run)], env=env,
+                           input="hi\n", capture_output=True, text=True, timeout=60)   # end of input ends it too
+    assert ended.returncode == 0 and ended.stdout == "hello\n", ended.stderr
+
+
+def _read_until(fd, text, timeout=60):
+    """What the pseudo-terminal shows until text appears (or the timeout, or the end)."""
+    seen, end = b"", time.monotonic() + timeout
+    while text.encode() not in seen and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:                                  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode("utf-8", errors="replace")
+
+
+def test_cli_chat_in_a_pseudo_terminal(hello_run):
+    """Interactive: a banner, the "you> " prompt, the answer streamed after "model> ", /exit ends with status 0."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    child = subprocess.Popen([sys.executable, "-m", "minigpt", "chat", "--run", str(hello_run)], env=env,
+                             stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    try:
+        assert "/exit ends" in _read_until(leader, "you> ")
+        os.write(leader, b"hi\n")
+        assert "model> hello" in _read_until(leader, "hello\r\nyou> ")
+        os.write(leader, b"/exit\n")
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        os.close(leader)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--sft", "builtin"], "--sft needs --init RUN"),
+    (["train", "--sft", "builtin", "--init", "RUN"], "longer than the model's context of 16 + 1"),
+    (["train", "--dpo", "/nowhere/pairs.jsonl", "--init", "RUN"], "/nowhere/pairs.jsonl: no such file"),
+    (["train", "--sft", "builtin", "--init", "RUN", "--preset", "llama"], "--preset: not used with --sft"),
+    (["train", "--init", "RUN"], "--init: only with --sft or --dpo"),
+    (["chat", "--run", "RUN"], "not tuned for chat"),
+    (["chat", "--run", "RUN", "--max-new-tokens", "0"], "--max-new-tokens 0"),
+])
+def test_cli_finetune_and_chat_mistakes_are_one_line(args, message, trained_run, capsys, tmp_path):
+    args = [str(trained_run) if a == "RUN" else a for a in args]
+    assert main(args + (["--out", str(tmp_path / "r"), "--no-progress"] if args[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_chat_has_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["chat", "--help"])
+    assert done.value.code == 0 and "/reset" in capsys.readouterr().out
+
+
+def test_cli_train_with_a_flash_kernel(tmp_path, capsys):
+    out = tmp_path / "flash"
+    assert main(TINY_TRAIN + ["--attention", "flash-cpu", "--out", str(out)]) == 0
+    from minigpt import checkpoint
+    assert checkpoint.load(str(out)).config.attention_impl == "flash-cpu"
