@@ -501,8 +501,9 @@ def _config_differences(saved, current):
 def restore(run_dir, model, optimizer=None):
     """Load run_dir's latest checkpoint INTO model (in place: model.params[k][...] = value, cast to the
     model's dtype, on its device) and optimizer (load_state_dict); returns the Checkpoint (its .state is
-    the caller's dict). Everything is checked before anything changes: a bad checkpoint changes nothing."""
-    ck = load(run_dir)
+    the caller's dict). Everything is checked before anything changes: a bad checkpoint changes nothing.
+    run_dir may also be a Checkpoint already loaded (load()), so nothing is read twice."""
+    ck = run_dir if isinstance(run_dir, Checkpoint) else load(run_dir)
     differences = _config_differences(ck.config, model.config)
     if differences:
         raise ValueError(f"{ck.path}: the checkpoint's config differs from the model's:\n  " + "\n  ".join(differences))

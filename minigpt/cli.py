@@ -475,18 +475,13 @@ def _plot_attention(args):
 def _plot_loss(args):
     from pathlib import Path
 
-    from minigpt.train import read_log
-    from minigpt.viz import plot_curves
+    from minigpt.train import plot_log
     if not args.run:
         raise ValueError("plot loss needs --run (a run folder with log.jsonl)")
     log = Path(args.run) / "log.jsonl"
     if not log.is_file():
         raise ValueError(f"{log}: no such file (is {args.run} a run folder written by `minigpt train`?)")
-    train, val = read_log(log)
-    curves = {"train": tuple(np.array(c) for c in zip(*train))}
-    if val:
-        curves["validation"] = tuple(np.array(c) for c in zip(*val))
-    return [plot_curves(curves, "loss", ylabel="loss (nats per token)")]
+    return [plot_log(log)]
 
 
 def cmd_plot(args):

@@ -152,7 +152,7 @@ def prepare(options):
     run = Run(options, model, optimizer, tokenizer, train_tokens, val_tokens, sampler, collator,
               log_path=Path(options.out) / "log.jsonl")
     if saved is not None:
-        _resume(run)
+        _resume(run, saved)
     else:
         Path(options.out).mkdir(parents=True, exist_ok=True)
         run.log_path.write_text("")
@@ -173,11 +173,10 @@ def _check_options(options):
     return options
 
 
-def _resume(run):
-    """Load the latest checkpoint into the run: weights, AdamW, step, the random states; drop log lines
-    written after that checkpoint (they will be written again)."""
-    saved = checkpoint.restore(run.options.out, run.model, run.optimizer)
-    state = saved.state
+def _resume(run, saved):
+    """Load the checkpoint (already read by prepare) into the run: weights, AdamW, step, the random states;
+    drop log lines written after that checkpoint (they will be written again)."""
+    state = checkpoint.restore(saved, run.model, run.optimizer).state
     run.step = int(state["step"])
     run.sampler.load_state_dict(state["sampler"])
     run.model.dropout_rng.bit_generator.state = state["dropout_rng"]
@@ -305,15 +304,19 @@ def read_log(path):
     return train, val
 
 
-def plot_loss(run):
-    """loss.png in the run folder: the training loss and the validation loss against the step."""
+def plot_log(log_path, title=None, folder=None):
+    """loss.png (in folder, default viz.figure_dir()): a log's training and validation losses against the step."""
     from minigpt import viz
-    train, val = read_log(run.log_path)
+    train, val = read_log(log_path)
     curves = {"train": tuple(np.array(c) for c in zip(*train))}
     if val:
         curves["validation"] = tuple(np.array(c) for c in zip(*val))
-    return viz.plot_curves(curves, "loss", ylabel="loss (nats per token)", title=f"{run.options.preset}: loss",
-                           folder=run.options.out)
+    return viz.plot_curves(curves, "loss", ylabel="loss (nats per token)", title=title, folder=folder)
+
+
+def plot_loss(run):
+    """loss.png in the run folder: the training loss and the validation loss against the step."""
+    return plot_log(run.log_path, title=f"{run.options.preset}: loss", folder=run.options.out)
 
 
 def samples(run, n=2, seed=0):

@@ -122,14 +122,7 @@ def plot_gqa_groups(n_head, n_kv_head, name, rows=1):
             ax.plot([h, x_kv], [1.65, 0.35], color=colours(n % 10), linewidth=1)
     ax.set_xlim(-0.8, n_head - 0.2)
     ax.set_ylim(-0.7, 2.7)
-    ax.set_yticks([0, 2])
-    ax.set_yticklabels(["key/value heads", "query heads"])
-    ax.set_xticks([])
-    ax.set_xlabel(f"head h reads kv head h // {g}")
-    ax.set_title(f"{kind}: {n_head} query heads, {n_kv_head} kv heads (groups of {g})")
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
-    return save_figure(fig, name)
+    return _finish_gqa_plot(fig, ax, 2, n_head, n_kv_head, g, kind, name)
 
 
 def _plot_gqa_groups_stacked(n_head, n_kv_head, g, kind, colours, rows, name):
@@ -155,7 +148,12 @@ def _plot_gqa_groups_stacked(n_head, n_kv_head, g, kind, colours, rows, name):
     ax.set_xlim(-0.8, n_kv_head * width - 1.2)
     ax.set_ylim(-0.7, top + 0.2)
     ax.set_aspect("equal")
-    ax.set_yticks([0, 1.55 + rows / 2])
+    return _finish_gqa_plot(fig, ax, 1.55 + rows / 2, n_head, n_kv_head, g, kind, name)
+
+
+def _finish_gqa_plot(fig, ax, query_y, n_head, n_kv_head, g, kind, name):
+    """The labels, title and frame both GQA drawings share; saves the figure."""
+    ax.set_yticks([0, query_y])
     ax.set_yticklabels(["key/value heads", "query heads"])
     ax.set_xticks([])
     ax.set_xlabel(f"head h reads kv head h // {g}")
