@@ -331,8 +331,9 @@ print("GPT-3's context window (n_ctx):", ModelConfig.preset("gpt3-175b").max_seq
 # The recipe is InstructGPT's (Ouyang et al. 2022), whose paper counts the steps after pretraining: (1) supervised
 # fine-tuning on demonstrations, (2) a reward model trained on human comparisons, (3) PPO against that reward model; the
 # chapter's third stage is steps 2 and 3 together. OpenAI's ChatGPT announcement says it was trained *"using the same
-# methods as InstructGPT, but with slight differences in the data collection setup"*. This course builds the second and
-# third stages in lessons 28 and 29 (not written yet).
+# methods as InstructGPT, but with slight differences in the data collection setup"*. This course builds the second stage in
+# lesson 28 (SFT on instruction pairs) and a stand-in for the third in lesson 29: DPO (Rafailov et al. 2023) trains on
+# the same kind of human comparisons and optimizes the same KL-regularized objective as RLHF, without a reward model or PPO.
 #
 # ## Sparse attention: alternating dense and locally banded layers
 #

@@ -161,6 +161,101 @@ print(f"\none block: GPT-2 {block_count(gpt2_shapes):,} = 12C^2 + 13C, "
 # A LLaMA block here has $3C^2$ of attention (K and V are half-width) and $3CF = 9C^2$ of MLP ($F = 3C$ after
 # the rounding), and only the two RMSNorm gains. GPT-2 spends $TC$ on its position table and ties the head;
 # LLaMA has no position parameters but a second $VC$ matrix for the head. The totals come out within 3%.
+
+# %% [markdown]
+# ## The LLaMA family in the textbook
+#
+# The chapter tells the family's history in three steps; its numbers, quoted:
+# - LLaMA-1: *"Meta于2023年2月发布了LLaMA-1，包括7B、13B、30B和65B四个参数量版本"* (February 2023; four sizes);
+# - LLaMA-2: *"2023年7月，Meta发布了LLaMA-2，包含7B、13B、34B和70B四个参数量版本，除了34B模型外，其他均已开源"*, and
+#   *"LLaMA-2将预训练的语料扩充到了2T token，并将模型的上下文长度从2,048翻倍到了4,096"* (July 2023; all sizes but 34B
+#   released; 2T training tokens; the context doubled from 2,048 to 4,096);
+# - LLaMA-3: *"2024年4月，Meta发布了LLaMA-3，包括8B和70B两个参数量版本，同时透露400B的LLaMA-3还在训练中"*,
+#   *"LLaMA-3支持8K长文本 ... 词表大小为128K"*, *"使用了超过15T token的预训练语料，是LLaMA-2的7倍多"* (April 2024; 8B and
+#   70B, a 400B still training; 8K context; a 128K vocabulary; over 15T tokens, more than 7 times LLaMA-2's);
+# - and in summary: *"模型支持从7亿到数百亿不等的参数量"*, *"LLaMA-2和LLaMA-3进一步通过引入分组查询注意力机制 ... 显著提升了
+#   模型性能和应用范围"* (from 7亿 to tens of billions of parameters; LLaMA-2 and LLaMA-3 brought in grouped-query attention).
+#
+# Below, every size from the primary sources: the LLaMA-1 paper's Table 2 (Touvron et al., Feb 2023: layers, $C$,
+# heads, training tokens), the LLaMA-2 paper's Table 1 (Touvron et al., Jul 2023: context, tokens, which sizes use
+# GQA), the Llama 3 report's Table 3 (Llama Team, Jul 2024: layers, $C$, heads, kv heads, vocabulary), and the released
+# `config.json` files for the MLP width $F$ and the exact vocabulary. Each row is a `ModelConfig`, so `num_params`
+# counts it.
+
+# %%
+CHAPTER_LLAMA = {  # the chapter's numbers, as printed
+    "LLaMA-1": dict(released="2023年2月", sizes=("7B", "13B", "30B", "65B"), context="2,048"),
+    "LLaMA-2": dict(released="2023年7月", sizes=("7B", "13B", "34B", "70B"), tokens="2T", context="4,096"),
+    "LLaMA-3": dict(released="2024年4月", sizes=("8B", "70B"), tokens="15T", context="8K", vocab="128K"),
+}
+RELEASED = {"LLaMA-1": "2023-02-24", "LLaMA-2": "2023-07-18", "LLaMA-3": "2024-04-18", "LLaMA-3.1": "2024-07-23"}
+preset = ModelConfig.preset
+
+
+def mha(name, n_layer, d_model, n_head):
+    """A LLaMA size with one kv head per query head (multi-head attention)."""
+    return preset(name, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_head)
+
+
+SOURCE_LLAMA = {  # (generation, size): (config, training tokens, the released MLP width F)
+    ("LLaMA-1", "7B"): (preset("llama-7b"), 1.0e12, 11008),
+    ("LLaMA-1", "13B"): (mha("llama-7b", 40, 5120, 40), 1.0e12, 13824),
+    ("LLaMA-1", "33B"): (mha("llama-7b", 60, 6656, 52), 1.4e12, 17920),
+    ("LLaMA-1", "65B"): (mha("llama-7b", 80, 8192, 64), 1.4e12, 22016),
+    ("LLaMA-2", "7B"): (preset("llama2-7b"), 2.0e12, 11008),
+    ("LLaMA-2", "13B"): (mha("llama2-7b", 40, 5120, 40), 2.0e12, 13824),
+    ("LLaMA-2", "34B"): (None, 2.0e12, None),                     # trained with GQA, never released
+    ("LLaMA-2", "70B"): (preset("llama2-70b"), 2.0e12, 28672),
+    ("LLaMA-3", "8B"): (preset("llama3-8b"), 15e12, 14336),
+    ("LLaMA-3", "70B"): (preset("llama3-8b", n_layer=80, d_model=8192, n_head=64), 15e12, 28672),
+    ("LLaMA-3.1", "405B"): (preset("llama3-8b", n_layer=126, d_model=16384, n_head=128, d_ff=53248,
+                                   max_seq_len=131072), 15.6e12, 53248),
+}
+PAPER_BILLIONS = {"7B": 6.7, "13B": 13.0, "33B": 32.5, "65B": 65.2}   # LLaMA-1 paper, Table 2 (truncated, not rounded)
+
+print(f"{'model':>15} {'released':>11} {'L':>4} {'C':>6} {'F':>6} {'heads/kv':>9} {'context':>8} {'vocab':>7} "
+      f"{'tokens':>7} {'parameters':>16}")
+llama_counts = {}
+for (generation, size), (c, tokens, _) in SOURCE_LLAMA.items():
+    name = f"{generation}-{size}"
+    if c is None:
+        print(f"{name:>15} {RELEASED[generation]:>11} {'not released: GQA, 4096 context':>55} {tokens / 1e12:>6g}T")
+        continue
+    llama_counts[name] = num_params(c)["total"]
+    print(f"{name:>15} {RELEASED[generation]:>11} {c.n_layer:>4} {c.d_model:>6} {c.d_ff:>6} "
+          f"{f'{c.n_head}/{c.n_kv_head}':>9} {c.max_seq_len:>8} {c.vocab_size:>7} {tokens / 1e12:>6g}T "
+          f"{llama_counts[name]:>16,}")
+kv_shrink = {name: c.n_head // c.n_kv_head for (g, s), (c, _, _) in SOURCE_LLAMA.items() if c
+             for name in [f"{g}-{s}"]}
+print("KV cache shrink H / Hkv:", kv_shrink)
+
+# %% [markdown]
+# The three steps of the history are visible in the columns. LLaMA-1 fixed the recipe (the block of this lesson,
+# 2,048 positions, a 32,000-token SentencePiece vocabulary) and trained longer than was usual then: 1T tokens for
+# the two small sizes, 1.4T for the two large. LLaMA-2 kept every size's shape, doubled the context and trained on 2T
+# tokens. LLaMA-3 changed the tokenizer (128,256 ids: a 128K BPE vocabulary plus 256 reserved special tokens), the
+# RoPE base (500,000, lesson 15) and trained on over 15T tokens. Its 8B is the 7B's block with GQA and a wider MLP: of the 1.29B extra
+# parameters, 0.79B are the larger embedding and head ($2 \times 96{,}256 \times 4096$), the wider MLP adds 1.31B
+# ($32 \cdot 3 \cdot 4096 \cdot 3328$) and the shared kv heads save 0.81B ($32 \cdot 2 \cdot 4096 \cdot 3072$).
+#
+# **GQA's history.** Multi-query attention (one kv head for all query heads, Shazeer 2019) made decoding cheaper but
+# cost quality; grouped-query attention (Ainslie et al., May 2023) sits between the two and can be made from a
+# multi-head checkpoint by averaging each group's kv heads (lesson 17). LLaMA-2 (July 2023) used it only for its two
+# large sizes, 34B and 70B, with 8 kv heads; every LLaMA-3 has 8 kv heads, so its KV cache is 4 (8B) to 16 (405B)
+# times smaller than multi-head attention's would be.
+#
+# > **Textbook vs sources: the LLaMA family**
+# >
+# > | | the chapter | the primary sources |
+# > |---|---|---|
+# > | LLaMA-1 sizes | 7B, 13B, 30B, 65B | right as the weights were released (a folder named 30B); the paper calls it 33B (32.5B parameters) |
+# > | LLaMA-1 parameter counts | not given | Table 2's 6.7B / 13.0B / 32.5B / 65.2B truncate the counts above (65,285,660,672 would round to 65.3B) |
+# > | LLaMA-1 tokens | not given | 1.0T tokens for 7B and 13B, 1.4T for 33B and 65B (Table 2) |
+# > | LLaMA-2 | 7B/13B/34B/70B, 34B unreleased, 2T tokens, 2,048 → 4,096 | right (Table 1) |
+# > | LLaMA-3 | 8B and 70B, 8K, 128K vocabulary, over 15T tokens, more than 7× LLaMA-2 | right: 15T / 2T = 7.5; the vocabulary is 128,000 tokens plus 256 reserved (`vocab_size` 128256) |
+# > | "400B still training" | April 2024 | released 2024-07-23 as Llama 3.1 405B: 126 layers, $C$ = 16384, 128 heads, 8 kv heads, 128K context, 15.6T tokens |
+# > | *"从7亿到数百亿"* | 7亿 (0.7B) upward | the smallest LLaMA has **70亿** (7B; 6.7B counted) parameters: 7亿 is a slip for 70亿. "数百亿" (tens of billions) fits LLaMA-1/2/3 up to 70B; Llama 3.1 405B is 4,050亿 |
+# > | GQA | LLaMA-2 and LLaMA-3 introduced it | LLaMA-2 only in 34B and 70B; LLaMA-2-7B and 13B keep one kv head per head; all LLaMA-3 sizes use it |
 #
 # ## How it works, in a few lines of NumPy
 #
@@ -310,6 +405,8 @@ print(f"held-out loss after {STEPS} steps: " + ", ".join(f"{k} {v:.3f}" for k, v
 # - Its backward pass is the chain of the pieces' backward passes: residual identity, RMSNorm, rotate back,
 #   sum over each kv group, SwiGLU's product rule; a float64 finite-difference check confirms every parameter.
 # - At the same parameter count the block spends its $12C^2$ differently: less on attention (shared K/V), more on the MLP.
+# - The family, from the sources: LLaMA-1 (2023-02, 7B-65B, 2K context, 1-1.4T tokens), LLaMA-2 (2023-07, 4K, 2T,
+#   GQA only at 34B / 70B), LLaMA-3 (2024-04, 8K, a 128K vocabulary, over 15T tokens, GQA with 8 kv heads everywhere).
 # - `minigpt.optim.AdamW` (lesson 09) trains both; same data, same steps, curves side by side.
 #
 # ## Exercises
@@ -340,4 +437,33 @@ for name, (train, (steps, vals)) in history.items():
     assert vals[-1] < np.log(V) - 1.0, (name, vals[-1])         # both learned well below log V
     assert np.mean(train[-5:]) < np.log(V) - 1.0, (name, train[-5:])
 assert curve_png.exists()
+# the LLaMA family: the chapter's numbers against the sources and the presets
+rows = {f"{g}-{s}": (c, tokens, F) for (g, s), (c, tokens, F) in SOURCE_LLAMA.items()}
+assert set(CHAPTER_LLAMA["LLaMA-1"]["sizes"]) - {s for g, s in SOURCE_LLAMA if g == "LLaMA-1"} == {"30B"}  # paper: 33B
+for generation in ("LLaMA-2", "LLaMA-3"):
+    assert CHAPTER_LLAMA[generation]["sizes"] == tuple(s for g, s in SOURCE_LLAMA if g == generation)
+for generation, chapter in CHAPTER_LLAMA.items():
+    year, month = RELEASED[generation].split("-")[:2]
+    assert chapter["released"] == f"{year}年{int(month)}月", (generation, chapter["released"])
+    sizes = [c for (g, s), (c, _, _) in SOURCE_LLAMA.items() if g == generation and c]
+    context = chapter["context"]
+    assert all(c.max_seq_len == (int(context[:-1]) * 1024 if context.endswith("K") else int(context.replace(",", "")))
+               for c in sizes), generation
+for name, (c, tokens, F) in rows.items():
+    if c is not None:
+        assert c.d_ff == F, (name, c.d_ff, F)                                 # the released intermediate_size
+        gqa = name not in ("LLaMA-2-7B", "LLaMA-2-13B") and not name.startswith("LLaMA-1")
+        assert (c.n_kv_head == 8) if gqa else (c.n_kv_head == c.n_head), name
+for size, billions in PAPER_BILLIONS.items():
+    assert llama_counts[f"LLaMA-1-{size}"] // 10**8 == round(billions * 10), (size, llama_counts)  # truncated
+for name, count in llama_counts.items():                                 # the names round the counts
+    assert abs(count / 1e9 / float(name.split("-")[-1][:-1]) - 1) < 0.05, (name, count)
+assert float(CHAPTER_LLAMA["LLaMA-2"]["tokens"][:-1]) * 1e12 == rows["LLaMA-2-7B"][1]
+assert rows["LLaMA-3-8B"][1] >= float(CHAPTER_LLAMA["LLaMA-3"]["tokens"][:-1]) * 1e12
+assert 7 < rows["LLaMA-3-8B"][1] / rows["LLaMA-2-7B"][1] < 8                    # "是LLaMA-2的7倍多"
+assert rows["LLaMA-3-8B"][0].vocab_size == 128_000 + 256 and CHAPTER_LLAMA["LLaMA-3"]["vocab"] == "128K"
+assert min(llama_counts.values()) > 9 * 7e8                                   # 70亿, not the chapter's 7亿
+extra = llama_counts["LLaMA-3-8B"] - llama_counts["LLaMA-2-7B"]
+assert extra == 2 * (128256 - 32000) * 4096 + 32 * 3 * 4096 * (14336 - 11008) - 32 * 2 * 4096 * (4096 - 1024)
+assert kv_shrink["LLaMA-3-8B"] == 4 and kv_shrink["LLaMA-3.1-405B"] == 16 and kv_shrink["LLaMA-2-70B"] == 8
 print("lesson 18 OK")
