@@ -26,6 +26,7 @@ setup(
         "safetensors>=0.4",
         "regex>=2023.0",
         "tqdm>=4.60",
+        "threadpoolctl>=3.1",  # the BLAS thread count, minigpt/threads.py
     ],
     extras_require={
         "gpu": ["cupy-cuda12x"],

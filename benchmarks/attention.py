@@ -36,12 +36,12 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import RSSPeak  # noqa: E402  (benchmarks/, the script's own folder)
 
 CPU_IMPLS = ["reference", "flash-cpu", "torch-sdpa"]
 GPU_IMPLS = ["flash-cuda", "cupy-reference", "torch-sdpa-cuda"]
@@ -49,35 +49,6 @@ REFERENCE_BYTES_PER_SCORE = 6 * 4            # the reference holds ~6 float32 (B
 
 
 # ---------------------------------------------------------------- measuring, inside a worker process
-
-class RSSPeak:
-    """Samples this process's resident set size every `interval` seconds while in a `with` block."""
-
-    def __init__(self, interval=0.001):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    @staticmethod
-    def current():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.start = self.peak = self.current()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-        self.extra = self.peak - self.start
-
 
 def make_impl(name, B, H, T, D, seed=0):
     """(forward, backward, sync) closures for one implementation on fresh float32 inputs."""

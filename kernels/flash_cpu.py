@@ -38,10 +38,9 @@ vectorisable exp (below) instead of the C library's.
 
 Threads. `prange` runs one worker per thread (numba.get_num_threads(), NUMBA_NUM_THREADS); each worker
 allocates its workspaces once and then walks its items round-robin (items w, w + n_workers, ...), so
-no allocation happens inside the tile loops. The kernels release the GIL (nogil=True). Numba's default
-threading layer here is OpenMP, and torch's OpenMP threads in the same process ran four times slower
-after a Numba parallel kernel (DESIGN.md section 4): a program that mixes both should set
-NUMBA_THREADING_LAYER=workqueue before the first Numba kernel runs.
+no allocation happens inside the tile loops. The kernels release the GIL (nogil=True). minigpt runs them
+on Numba's "workqueue" threading layer, not its default OpenMP, whose threads keep spinning after a kernel
+returns and took the cores from the NumPy work after it (minigpt/threads.py has the numbers).
 
 Memory beyond the inputs and outputs: L (B, H, T) and O(Bq*Bk + D*(Bq+Bk)) of workspace per thread:
 linear in T, where the reference keeps (B, H, T, S) probabilities.
@@ -60,12 +59,14 @@ import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
+from minigpt import threads
 from minigpt.kernels import masking
 
 # The mask rule, compiled from its one definition in masking.py.
 _key_visible = njit(masking.key_visible)
 _tile_may_be_visible = njit(masking.tile_may_be_visible)
 _tile_all_visible = njit(masking.tile_all_visible)
+threads.sync_numba()      # the thread count and threading layer of minigpt's policy (minigpt/threads.py)
 
 
 # ---------------------------------------------------------------- the public entry points

