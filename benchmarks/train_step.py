@@ -52,7 +52,8 @@ CONFIGS = {
     "gpt2-T1024": dict(preset="gpt2", B=2, T=1024, model=SIZE),
     "main-job": dict(preset="gpt2", B=32, T=64, model=None),                # minigpt train's defaults
 }
-SIDES = ["minigpt", "torch-eager", "torch-sdpa"]
+SIDES = ["minigpt", "minigpt-1shard", "torch-eager", "torch-sdpa"]
+MAIN_JOB_SIDES = ["minigpt", "torch-eager", "torch-sdpa"]
 PARTS = [  # (part of the step, the source files whose functions it is)
     ("matmuls (linear layers, head)", ("layers/linear.py",)),
     ("attention core", ("layers/attention.py", "kernels/")),
@@ -81,22 +82,24 @@ def batch(config, B, T, seed=0):
     return ids[:, :-1], ids[:, 1:]
 
 
-def minigpt_step(weights_dir):
-    """The step closure of minigpt on the saved weights."""
-    from minigpt import cross_entropy, hf
+def minigpt_step(weights_dir, shards):
+    """The step closure of minigpt on the saved weights: the batch in `shards` shards computed at once, as
+    `minigpt train` does (minigpt.parallel; shards=1: one forward and backward over the whole batch)."""
+    from minigpt import hf
     from minigpt.optim import AdamW
+    from minigpt.parallel import DataParallel
+    from minigpt.train import _clm_loss
     model = hf.load(weights_dir)
     optimizer = AdamW(model.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    return model, optimizer, lambda x, y: _minigpt_step(model, optimizer, x, y, cross_entropy)
+    parallel = DataParallel(model, shards)
 
+    def step(x, y):
+        model.zero_grad()
+        loss = parallel.forward_backward((x, y), _clm_loss)                 # forward, loss, backward
+        optimizer.step(model.grads)
+        return float(loss)
 
-def _minigpt_step(model, optimizer, x, y, cross_entropy):
-    logits = model.forward(x)                                               # (B, T, V)
-    loss, dlogits = cross_entropy(logits, y)
-    model.zero_grad()
-    model.backward(dlogits)
-    optimizer.step(model.grads)
-    return float(loss)
+    return model, step
 
 
 def torch_step(weights_dir, attention):
@@ -124,7 +127,7 @@ def matmul_peak(side, n=1024, repeats=5):
     """GFLOP/s of the best of `repeats` float32 (n, n) @ (n, n) matmuls, in NumPy or in torch."""
     import numpy as np
     a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(np.float32) for i in (1, 2))
-    if side != "minigpt":
+    if not side.startswith("minigpt"):
         import torch
         a, b = torch.from_numpy(a), torch.from_numpy(b)
     best = float("inf")
@@ -163,15 +166,16 @@ def worker(side, config_name, weights_dir, repeats, vocab):
     config = build_config(config_name, vocab)
     spec = CONFIGS[config_name]
     x, y = batch(config, spec["B"], spec["T"])
-    if side == "minigpt":
-        model, optimizer, step = minigpt_step(weights_dir)
+    if side.startswith("minigpt"):
+        model, step = minigpt_step(weights_dir, shards=1 if side == "minigpt-1shard" else 2)
     else:
         step = torch_step(weights_dir, side.removeprefix("torch-"))
     first, seconds, step_extra = time_steps(step, x, y, repeats)
     result = dict(first_loss=first, seconds=seconds, step_extra=step_extra, peak_rss=peak_rss_bytes(),
                   peak_gflops=matmul_peak(side), flops=step_flops(config, spec["B"], spec["T"]))
-    if side == "minigpt":
+    if side == "minigpt-1shard":                                           # one thread of work: cProfile sees it
         result["parts"] = breakdown(step, x, y)
+    if side.startswith("minigpt"):
         result["attention_impl"] = model.config.attention_impl
     return result
 
@@ -310,7 +314,7 @@ def save_weights(config_name, folder, vocab):
 
 
 def report(config_name, results):
-    spec, mg = CONFIGS[config_name], results["minigpt"]
+    spec, mg, serial = CONFIGS[config_name], results["minigpt"], results["minigpt-1shard"]
     print(f"\n{config_name}: preset {spec['preset']}, B={spec['B']} T={spec['T']}, "
           f"{mg['flops'] / 1e9:.1f} GFLOP per step; minigpt attention_impl={mg.get('attention_impl')!r}")
     print(f"{'side':<12} {'first loss':>10} {'step ms':>8} {'x torch':>8} {'GFLOP/s':>8} {'MFU':>6} "
@@ -324,10 +328,11 @@ def report(config_name, results):
         achieved = r["flops"] / r["seconds"] / 1e9
         print(f"{side:<12} {r['first_loss']:>10.5f} {1e3 * r['seconds']:>8.1f} {ratios:>8} {achieved:>8.1f} "
               f"{achieved / r['peak_gflops']:>6.0%} {r['peak_rss'] / 2**20:>8.0f} {r['step_extra'] / 2**20:>8.0f}")
-    print(f"  (x torch: over eager / over sdpa; matmul peak {mg['peak_gflops']:.0f} GFLOP/s in NumPy)")
-    total = mg["seconds"]
-    print("  minigpt's step, by part: " + ", ".join(f"{name} {1e3 * s:.0f} ms" for name, s in mg["parts"].items()
-                                                       if s >= 0.0005) + f" (step {1e3 * total:.0f} ms)")
+    print(f"  (x torch: over eager / over sdpa; matmul peak {mg['peak_gflops']:.0f} GFLOP/s in NumPy; minigpt: "
+          f"2 shards at once, as minigpt train; minigpt-1shard: the whole batch in one forward and backward)")
+    print("  minigpt-1shard's step, by part: " + ", ".join(f"{name} {1e3 * s:.0f} ms" for name, s in
+                                                      serial["parts"].items() if s >= 0.0005)
+          + f" (step {1e3 * serial['seconds']:.0f} ms)")
 
 
 def report_main_job(results):
@@ -367,7 +372,7 @@ def main(argv=None):
         for name in args.configs:
             if name == "main-job":
                 results = {side: run_worker(__file__, [side, name, "-", args.repeats, ""], args.threads)
-                           for side in SIDES}
+                           for side in MAIN_JOB_SIDES}
                 report_main_job(results)
                 continue
             results = {side: run_worker(__file__, [side, name, weights[name], args.repeats, ""], args.threads)

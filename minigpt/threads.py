@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy  # noqa: F401  (loads NumPy's BLAS library: threadpoolctl finds only loaded ones)
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 SAMPLE_SECONDS = 0.05     # the window of the measurement made at import
 REFIT_SECONDS = 5.0       # the training loop measures again after at least this long
@@ -80,27 +80,60 @@ def threads_for(others_busy, cores):
 def use_threads(n):
     """n threads for NumPy's BLAS and for Numba's parallel kernels."""
     global _current
-    threadpool_limits(limits=n, user_api="blas")
+    _blas().limit(limits=n, user_api="blas")
     _current = n
     sync_numba()
 
 
 def sync_numba():
-    """Numba's parallel kernels (minigpt.kernels.flash_cpu calls this on import): the "workqueue" threading
-    layer unless NUMBA_THREADING_LAYER says otherwise, and the chosen thread count. Does nothing before
-    Numba is loaded.
+    """Numba's parallel kernels (minigpt.kernels.flash_cpu calls this on import): a thread-safe threading
+    layer with threads that sleep when idle, unless NUMBA_THREADING_LAYER says otherwise, and the chosen
+    thread count. Does nothing before Numba is loaded.
 
-    Why not Numba's default layer here, OpenMP: its threads keep spinning for a while after a kernel returns,
-    and on 2 cores they took the cores from the NumPy work that follows. `minigpt train`'s default step took
-    116 ms on OpenMP and 67 ms on workqueue (and torch's own OpenMP threads slow four-fold after a Numba
-    OpenMP kernel in the same process, DESIGN.md section 4)."""
+    Why: Numba's default layer here, OpenMP, keeps its threads spinning for a while after a kernel returns,
+    and on 2 cores they took the cores from the NumPy work that follows: `minigpt train`'s default step took
+    116 ms with spinning threads and 67 to 71 ms with sleeping ones (OMP_WAIT_POLICY=passive, or Numba's
+    "workqueue" layer). OpenMP with passive waiting is chosen over workqueue because workqueue aborts the
+    process when two threads run a kernel at once, which minigpt.parallel's shards do."""
     numba = sys.modules.get("numba")
     if numba is None:
         return
     if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "workqueue"       # read when Numba starts its threads: before this call
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # read when OpenMP loads: at Numba's first launch
+        numba.config.THREADING_LAYER = "threadsafe"          # TBB if installed, else OpenMP
     if _current is not None:
         numba.set_num_threads(min(_current, numba.config.NUMBA_NUM_THREADS))
+
+
+def numba_threads_here(n):
+    """n threads for the Numba kernels this thread launches (Numba's count is per calling thread)."""
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def kernels_thread_safe():
+    """Can two threads run Numba kernels at once? Not on the "workqueue" layer (it aborts the process)."""
+    numba = sys.modules.get("numba")
+    return numba is None or str(numba.config.THREADING_LAYER).lower() != "workqueue"
+
+
+def blas_limit(n):
+    """A `with` block in which NumPy's BLAS uses n threads (minigpt.parallel: one thread's share of the cores)."""
+    return _blas().limit(limits=n, user_api="blas")
+
+
+def blas_threads_now():
+    """{library file: its thread count now} for the BLAS libraries minigpt sets (NumPy's, loaded at import)."""
+    return {lib.filepath: lib.num_threads for lib in _blas().lib_controllers}
+
+
+def _blas():
+    """threadpoolctl's view of the loaded BLAS libraries, found once (finding them reads every loaded library)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller
 
 
 def current_threads():
@@ -134,3 +167,4 @@ def refit_threads():
 
 _current = None
 _monitor = None
+_controller = None

@@ -7,6 +7,8 @@ One step, for a batch of B windows of T tokens:
         logits = model.forward(x)                  (B, T, V)
         loss, dlogits = cross_entropy(logits, y)   the mean next-token loss and its gradient
         model.backward(dlogits / k)                grads ADD up: the mean over k micro-batches
+                                                   (each micro-batch in `shards` parts computed at once
+                                                   on the CPU's cores: minigpt.parallel, the same sum)
     norm    = clip_grad_norm(grads, 1.0)           one global norm, scaled down when above 1
     opt.step(grads)                                AdamW
 
@@ -37,11 +39,12 @@ from minigpt.backend import to_numpy
 from minigpt.config import ModelConfig
 from minigpt.data.batches import BatchSampler, encode_tokens, sequential_batches, split_tokens
 from minigpt.data.corpus import load_corpus
-from minigpt.data.glm import GLMCollator
+from minigpt.data.glm import IGNORE_INDEX, GLMBatch, GLMCollator
 from minigpt.generate import fill_mask, generate
 from minigpt.layers.loss import cross_entropy
 from minigpt.model import Model
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
+from minigpt.parallel import DataParallel
 from minigpt.tokenizers import BPETokenizer, CharTokenizer
 
 GLM_SPECIALS = {"mask": "[MASK]", "smask": "[sMASK]", "gmask": "[gMASK]", "sop": "<sop>", "eop": "<eop>",
@@ -61,6 +64,7 @@ class TrainOptions:
     batch_size: int = 32
     seq_len: int = 64
     accumulate: int = 1                   # micro-batches per step
+    shards: int = 2                       # each micro-batch split into shards computed at once (minigpt.parallel)
     lr: float = 3e-3                      # the peak of the schedule
     min_lr: float | None = None           # None: lr / 10
     warmup_steps: int | None = None       # None: steps // 20
@@ -93,6 +97,7 @@ class Run:
     val_tokens: np.ndarray
     sampler: BatchSampler
     collator: GLMCollator | None
+    parallel: DataParallel
     step: int = 0
     log_path: Path = None
 
@@ -150,6 +155,7 @@ def prepare(options):
     sampler = BatchSampler(train_tokens, window, options.batch_size, seed=options.seed)
     collator = _glm_collator(tokenizer, options.seq_len) if objective == "glm" else None
     run = Run(options, model, optimizer, tokenizer, train_tokens, val_tokens, sampler, collator,
+              DataParallel(model, options.shards),
               log_path=Path(options.out) / "log.jsonl")
     if saved is not None:
         _resume(run, saved)
@@ -160,7 +166,8 @@ def prepare(options):
 
 
 def _check_options(options):
-    for name in ("steps", "batch_size", "seq_len", "accumulate", "eval_every", "eval_batches", "checkpoint_every"):
+    for name in ("steps", "batch_size", "seq_len", "accumulate", "shards", "eval_every", "eval_batches",
+                 "checkpoint_every"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: expected an integer >= 1")
@@ -195,20 +202,30 @@ def save(run):
 
 # --- one step --------------------------------------------------------------------------------------
 def _batch_loss(run, inputs, targets, grad_scale):
-    """Forward, loss, and (grad_scale > 0) backward of one micro-batch of CLM windows or GLM samples."""
-    model = run.model
+    """Forward, loss, and (grad_scale > 0) backward of one micro-batch of CLM windows or GLM samples, its
+    shards computed at once (run.parallel). Returns the micro-batch's mean loss."""
     if run.collator is None:
-        logits = model.forward(inputs)                                       # (B, T, V)
-        loss, dlogits = cross_entropy(logits, targets)
-    else:
-        # the window's text, blanked into Part A + Part B; the spans are drawn from the sampler's step, so
-        # a resumed run draws the same ones
-        batch = run.collator([list(row) + [last] for row, last in zip(inputs, targets[:, -1])],
-                             seed=[run.options.seed, run.sampler.step])
-        loss, dlogits = _glm_loss(model, batch)
-    if grad_scale:
-        model.backward(dlogits * grad_scale)
-    return loss
+        return run.parallel.forward_backward((inputs, targets), _clm_loss, grad_scale)
+    # the window's text, blanked into Part A + Part B; the spans are drawn from the sampler's step, so
+    # a resumed run draws the same ones
+    batch = run.collator([list(row) + [last] for row, last in zip(inputs, targets[:, -1])],
+                         seed=[run.options.seed, run.sampler.step])
+    arrays = (batch.ids, batch.position_ids, batch.block_position_ids, batch.sep, batch.targets, batch.loss_mask)
+    return run.parallel.forward_backward(arrays, _glm_shard_loss, grad_scale)
+
+
+def _clm_loss(model, inputs, targets):
+    """(loss, dlogits, tokens counted) of CLM windows."""
+    loss, dlogits = cross_entropy(model.forward(inputs), targets)           # logits (B, T, V)
+    return loss, dlogits, targets.size
+
+
+def _glm_shard_loss(model, ids, position_ids, block_position_ids, sep, targets, loss_mask):
+    """(loss, dlogits, tokens counted) of GLM samples: Part B's tokens."""
+    batch = GLMBatch(ids=ids, targets=targets, loss_mask=loss_mask, position_ids=position_ids,
+                     block_position_ids=block_position_ids, sep=sep)
+    loss, dlogits = _glm_loss(model, batch)
+    return loss, dlogits, int(((targets != IGNORE_INDEX) & (loss_mask != 0)).sum())
 
 
 def _glm_loss(model, batch):

@@ -53,13 +53,14 @@ def test_resume_equals_uninterrupted(tmp_path, preset, extra):
 
 def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     opts = options(tmp_path, checkpoint_every=2, eval_every=100)             # every cross_entropy call trains
+    assert opts.shards == 2                                                  # two calls per step
     real = training.cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, targets, **kw):
         calls["n"] += 1
         loss, dlogits = real(logits, targets, **kw)
-        return (float("nan"), dlogits) if calls["n"] == 5 else (loss, dlogits)
+        return (float("nan"), dlogits) if calls["n"] == 2 * 4 + 1 else (loss, dlogits)   # step 5's 1st shard
 
     monkeypatch.setattr(training, "cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match="step 5: the loss is nan") as err:
