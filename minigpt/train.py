@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt import checkpoint
+from minigpt import checkpoint, threads
 from minigpt.backend import to_numpy
 from minigpt.config import ModelConfig
 from minigpt.data.batches import BatchSampler, encode_tokens, sequential_batches, split_tokens
@@ -293,6 +293,7 @@ def loop(run, stop_at=None):
     try:
         while run.step < (o.steps if stop_at is None else stop_at):
             loss, norm, lr = train_step(run)
+            threads.refit_threads()                       # another process started or stopped? (every 5 s at most)
             tokens += tokens_per_step
             speed = tokens / (time.perf_counter() - start)
             _log(run, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=speed)
