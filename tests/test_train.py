@@ -1,5 +1,6 @@
 """The training loop: every preset learns, a resumed run equals an uninterrupted one bit for bit,
 and faults (NaN, Ctrl-C, a mismatched or damaged checkpoint) stop cleanly and keep the last good one."""
+import itertools
 import json
 
 import numpy as np
@@ -55,12 +56,12 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     opts = options(tmp_path, checkpoint_every=2, eval_every=100)             # every cross_entropy call trains
     assert opts.shards == 2                                                  # two calls per step
     real = training.cross_entropy
-    calls = {"n": 0}
+    calls = itertools.count(1)                                               # next() is atomic: shards are threads
 
     def poisoned(logits, targets, **kw):
-        calls["n"] += 1
+        n = next(calls)
         loss, dlogits = real(logits, targets, **kw)
-        return (float("nan"), dlogits) if calls["n"] == 2 * 4 + 1 else (loss, dlogits)   # step 5's 1st shard
+        return (float("nan"), dlogits) if n == 2 * 4 + 1 else (loss, dlogits)    # one shard of step 5
 
     monkeypatch.setattr(training, "cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match="step 5: the loss is nan") as err:
