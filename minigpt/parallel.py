@@ -54,8 +54,7 @@ class DataParallel:
         Adds grad_scale times the gradient of the batch's mean loss into model.grads (grad_scale 0: no
         backward at all). Returns the batch's mean loss."""
         batch = next(len(a) for a in arrays if a is not None)
-        pieces = [np.array_split(np.arange(batch), self.shards)[s] for s in range(self.shards)]
-        pieces = [rows for rows in pieces if len(rows)]                     # fewer samples than shards
+        pieces = [rows for rows in np.array_split(np.arange(batch), self.shards) if len(rows)]   # B < shards: fewer
         shards = [tuple(None if a is None else a[rows] for a in arrays) for rows in pieces]
         replicas = self.replicas[:len(shards)]
         self._follow_model(replicas)
@@ -92,7 +91,8 @@ class DataParallel:
         On a busy machine the shard threads still run at once: they never wait for each other inside a
         matmul, so sharing the cores with another process costs about the share (measured beside one busy
         process on 2 cores: 1.5x slower; running the shards in turn on the one free core: 1.9x)."""
-        workers = min(len(items), threads.available_cores()) if threads.kernels_thread_safe() else 1
+        on_cpu = self.model.device == "cpu" and threads.kernels_thread_safe()   # a GPU runs one shard at a time
+        workers = min(len(items), threads.available_cores()) if on_cpu else 1
         if workers == 1:
             return [work(replica, item) for replica, item in zip(replicas, items)]
         if self._pool_size != workers:
@@ -105,5 +105,6 @@ class DataParallel:
 
 
 def _in_worker(n_threads, work, replica, item):
+    """work(replica, item) in a shard thread, its Numba kernels on n_threads threads."""
     threads.numba_threads_here(n_threads)
     return work(replica, item)

@@ -43,8 +43,8 @@ class CoreMonitor:
         """(wall seconds, busy CPU seconds of the machine, CPU seconds of this process), or None."""
         try:
             with open("/proc/stat") as f:
-                ticks = [int(n) for n in f.readline().split()[1:]]   # user nice system idle iowait irq ...
-        except (OSError, ValueError):
+                ticks = [int(n) for n in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq
+        except (OSError, ValueError):                                # steal (guest time is inside user already)
             return None
         busy = sum(ticks) - ticks[3] - ticks[4]                      # everything but idle and iowait
         own = os.times()
