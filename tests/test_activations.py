@@ -51,6 +51,20 @@ def test_activation_matches_torch(name, dtype):
 
 
 @NAMES
+@pytest.mark.parametrize("x", [np.float64(0.7), np.array(-1.3), np.array([[0.4]])], ids=["scalar", "0-d", "2-d"])
+def test_activation_takes_any_shape_even_a_scalar(name, x):
+    """Elementwise means any shape: a NumPy scalar or 0-d array too (lesson 16 asks SiLU'(x) at one x); the
+    in-place updates of GELU-tanh and SiLU must not assume an array they can write into."""
+    forward, backward = ACTIVATIONS[name]
+    big, big_cache = forward(np.full((2, 3), float(x.ravel()[0]) if np.ndim(x) else float(x)))
+    out, cache = forward(x)
+    dx = backward(np.ones_like(x), cache)
+    assert np.shape(out) == np.shape(x) == np.shape(dx)
+    assert np.allclose(out, big.ravel()[0], rtol=1e-15, atol=0)
+    assert np.allclose(dx, backward(np.ones_like(big), big_cache).ravel()[0], rtol=1e-15, atol=0)
+
+
+@NAMES
 def test_activation_extreme_inputs_are_finite_and_quiet(name):
     forward, backward = ACTIVATIONS[name]
     x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=np.float32)

@@ -87,7 +87,7 @@ def gelu_tanh_forward(x):
     t *= 0.044715 * SQRT_2_OVER_PI
     t += SQRT_2_OVER_PI
     t *= x                                                       # u = sqrt(2/pi) (x + 0.044715 x^3)
-    xp.tanh(t, out=t)                                            # tanh(u)
+    t = xp.tanh(t)                                               # tanh(u)
     out = t + 1.0
     out *= x
     out *= 0.5                                                   # 0.5 x (1 + tanh(u))
@@ -100,9 +100,7 @@ def gelu_tanh_backward(dout, cache):
     du_dx = x * x                                                # (...) x^2
     du_dx *= 3.0 * 0.044715 * SQRT_2_OVER_PI
     du_dx += SQRT_2_OVER_PI                                      # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    dx = t * t
-    xp = get_xp(x)
-    xp.subtract(1.0, dx, out=dx)                                 # 1 - tanh(u)^2, the derivative of tanh
+    dx = 1.0 - t * t                                             # 1 - tanh(u)^2, the derivative of tanh
     dx *= du_dx
     dx *= x
     dx += t
@@ -121,8 +119,7 @@ class SiluCache(NamedTuple):
 def silu_forward(x):
     """SiLU / Swish, x * sigmoid(x). x (...) -> out (...), cache. In place, as GELU-tanh above."""
     xp = get_xp(x)
-    s = x * 0.5
-    xp.tanh(s, out=s)
+    s = xp.tanh(x * 0.5)
     s += 1.0
     s *= 0.5                                                     # (...) sigmoid(x) = (1 + tanh(x/2)) / 2, overflow-free
     return x * s, SiluCache(x, s)
