@@ -24,6 +24,7 @@ kernel on its first call.
 """
 import importlib
 
+from minigpt.backend import get_xp
 from minigpt.kernels.masking import MaskSpec, dense_mask  # NumPy only
 
 IMPLS = {
@@ -47,7 +48,9 @@ def get_kernels(impl):
 def flash_attention_forward(q, k, v, spec, scale=None, impl="flash-cpu"):
     """out (B, H, T, D), cache: attention_forward's shape of API over a flash kernel."""
     forward, _ = get_kernels(impl)
-    out, L = forward(q, k, v, spec, scale=scale)
+    xp = get_xp(q, k, v)
+    q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))      # the layout the kernels read, kept in the cache:
+    out, L = forward(q, k, v, spec, scale=scale)                   # the backward then copies none of them again
     return out, (impl, q, k, v, out, L, spec, scale)
 
 
