@@ -373,9 +373,18 @@ class Model:
                                                cfg.mlp_activation)               # (B, T, C)
         else:
             out, mlp_cache = mlp_forward(h, p[f"{name}.w_up"], p.get(f"{name}.b_up"), p[f"{name}.w_down"],
-                                         p.get(f"{name}.b_down"), cfg.mlp_activation)   # (B, T, C)
+                                         p.get(f"{name}.b_down"), self._activation())   # (B, T, C)
         out, drop_cache = self._dropout(out)
         return out, MlpSublayerCache(mlp_cache, drop_cache)
+
+    def _activation(self):
+        """The plain MLP's activation: GELU-tanh in float32 on a CPU runs fused, one pass over the hidden layer
+        instead of eight (minigpt.kernels.elementwise_cpu; the same formulas; float64, e.g. a gradient check,
+        and a GPU keep the NumPy reference)."""
+        name = self.config.mlp_activation
+        if name == "gelu_tanh" and self.device == "cpu" and self.dtype == np.float32:
+            return "gelu_tanh_fused"
+        return name
 
     def _norm_forward(self, x, name):
         if self.config.norm_has_bias:

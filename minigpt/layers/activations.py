@@ -145,7 +145,12 @@ ACTIVATIONS = {
 
 
 def get_activation(name):
-    """(forward, backward) for an activation name; an unknown name is a ValueError listing the known ones."""
+    """(forward, backward) for an activation name; an unknown name is a ValueError listing the known ones.
+    "gelu_tanh_fused" is gelu_tanh compiled into one pass (minigpt.kernels.elementwise_cpu, float32 NumPy
+    arrays only): the model uses it on a CPU; imported, and so compiled, only when asked for."""
+    if name == "gelu_tanh_fused":
+        from minigpt.kernels.elementwise_cpu import gelu_tanh_backward as backward, gelu_tanh_forward as forward
+        return forward, backward
     if name not in ACTIVATIONS:
         raise ValueError(f"activation {name!r} is unknown; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
