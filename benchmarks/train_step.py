@@ -337,7 +337,7 @@ def report(config_name, results):
 
 
 def report_main_job(results):
-    print(f"\nmain-job: `minigpt train`'s default run (gpt2 preset, characters, B=32, T=64)")
+    print("\nmain-job: `minigpt train`'s default run (gpt2 preset, characters, B=32, T=64)")
     print(f"{'side':<12} {'tokens/s':>10} {'step ms':>8} {'peak MB':>8}")
     for side, r in results.items():
         if "error" in r:

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from minigpt import checkpoint, threads
-from minigpt.backend import to_numpy
 from minigpt.config import ModelConfig
 from minigpt.data.batches import BatchSampler, encode_tokens, sequential_batches, split_tokens
 from minigpt.data.corpus import load_corpus
