@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from minigpt import threads
+from minigpt import memory, threads
 from minigpt.kernels import get_kernels
 from minigpt.model import Model
 
@@ -36,6 +36,7 @@ class DataParallel:
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"shards={shards!r}: expected an integer >= 1")
         self.model, self.shards = model, shards
+        memory.keep_freed_memory()        # a step's freed arrays stay for the next step (minigpt/memory.py)
         self.replicas = [model] + [self._replica() for _ in range(shards - 1)]   # shard 0 runs on the model
         self._pool, self._pool_size = None, 0
         if shards > 1 and model.config.attention_impl in ("auto", "flash-cpu"):
