@@ -370,7 +370,7 @@ class Model:
         cfg, p, name = self.config, self.params, f"blocks.{i}.mlp"
         if cfg.gated:
             out, mlp_cache = gated_mlp_forward(h, p[f"{name}.w_gate"], p[f"{name}.w_up"], p[f"{name}.w_down"],
-                                               cfg.mlp_activation)               # (B, T, C)
+                                               self._activation())               # (B, T, C)
         else:
             out, mlp_cache = mlp_forward(h, p[f"{name}.w_up"], p.get(f"{name}.b_up"), p[f"{name}.w_down"],
                                          p.get(f"{name}.b_down"), self._activation())   # (B, T, C)
@@ -378,12 +378,12 @@ class Model:
         return out, MlpSublayerCache(mlp_cache, drop_cache)
 
     def _activation(self):
-        """The plain MLP's activation: GELU-tanh in float32 on a CPU runs fused, one pass over the hidden layer
-        instead of eight (minigpt.kernels.elementwise_cpu; the same formulas; float64, e.g. a gradient check,
-        and a GPU keep the NumPy reference)."""
+        """The MLP's activation. In float32 on a CPU, GELU-tanh and SwiGLU's gate run fused: one pass over the
+        hidden layer instead of eight (minigpt.kernels.elementwise_cpu; the same formulas). float64 (a gradient
+        check) and a GPU keep the NumPy reference."""
         name = self.config.mlp_activation
-        if name == "gelu_tanh" and self.device == "cpu" and self.dtype == np.float32:
-            return "gelu_tanh_fused"
+        if name in ("gelu_tanh", "silu") and self.device == "cpu" and self.dtype == np.float32:
+            return f"{name}_fused"
         return name
 
     def _norm_forward(self, x, name):
