@@ -28,8 +28,9 @@ The sigmoid's exp(-g) has its argument clamped to <= 88 (exp(88) = 1.7e38 is sti
 s is 1 / (1 + 1.7e38) = 6e-39 instead of NumPy's 0, a difference far below float32 rounding of a = g s u.
 
 The GELU cache is the reference's GeluTanhCache(x, t): either backward can follow either forward.
-Measured on one core for 2^20 numbers (AMD EPYC, AVX2): SwiGLU's gate forward 0.7 ms against NumPy's 4.2,
-backward 1.2 ms against 5.4.
+SwiGLU's gate measured on one core for 2^20 numbers (AMD EPYC, AVX2, freed memory kept as minigpt.memory
+does; medians): forward 1.2 ms against NumPy's 4.2 to 5.5, backward 1.5 ms against 1.9 to 4.0; in a LLaMA
+training step (B = 4, T = 256, C = 256, 4 layers) 8 ms of gate work instead of 38.
 """
 import math
 
