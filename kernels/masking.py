@@ -172,6 +172,13 @@ def tile_may_be_visible(i_lo, i_hi, j_lo, j_hi, prefix, pad, local, window):
     return True
 
 
+def last_visible_key(i_hi, prefix):
+    """The last key any query at a position up to i_hi may see: max(i_hi, prefix - 1). Causal keys are at
+    most the query's own position, GLM's prefix keys are below prefix, a padding query sees only itself,
+    and a local window or padding only hides more. A kernel need not look at keys after it."""
+    return max(i_hi, prefix - 1)
+
+
 def tile_all_visible(i_lo, i_hi, j_lo, j_hi, prefix, pad, local, window):
     """Queries i_lo..i_hi against keys j_lo..j_hi (inclusive): True only if every pair is visible,
     so the kernel may skip the per-element test (most tiles below the causal diagonal)."""
