@@ -1,9 +1,11 @@
-"""Fused causal-attention kernels written with Numba, installed as `minigpt.kernels`.
+"""Fused kernels written with Numba, installed as `minigpt.kernels`: causal attention above all.
 
-    masking.py      MaskSpec (the masks the kernels support, as a few numbers) and dense_mask
-    flash_numpy.py  the flash-attention algorithm in plain NumPy: read this first
-    flash_cpu.py    the same algorithm fused with Numba @njit(parallel=True): forward and backward
-    flash_cuda.py   the same algorithm as Numba @cuda.jit kernels (runs in the CUDA simulator without a GPU)
+    masking.py        MaskSpec (the masks the kernels support, as a few numbers) and dense_mask
+    flash_numpy.py    the flash-attention algorithm in plain NumPy: read this first
+    flash_cpu.py      the same algorithm fused with Numba @njit(parallel=True): forward and backward
+    flash_cuda.py     the same algorithm as Numba @cuda.jit kernels (runs in the CUDA simulator without a GPU)
+    elementwise_cpu.py  GELU-tanh and SwiGLU's gate in one pass (a float32 model on a CPU uses them)
+    norms_cpu.py      LayerNorm and RMSNorm in one pass per row (likewise)
 
 Every implementation has the same pair of functions (the CUDA ones end in _cuda):
 

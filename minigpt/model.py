@@ -38,8 +38,8 @@ from minigpt.layers.dropout import dropout_backward, dropout_forward
 from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
 from minigpt.layers.mlp import gated_mlp_backward, gated_mlp_forward, mlp_backward, mlp_forward
-from minigpt.layers.norms import (layernorm_backward, layernorm_forward, qk_norm_backward, qk_norm_forward,
-                                  rmsnorm_backward, rmsnorm_forward)
+from minigpt.layers import norms
+from minigpt.layers.norms import qk_norm_backward, qk_norm_forward
 from minigpt.layers.positions import (glm_position_backward, glm_position_forward, learned_position_backward,
                                       learned_position_forward, sinusoidal_encoding)
 from minigpt.layers.rope import rope2d_backward, rope2d_forward, rope_backward, rope_cos_sin, rope_forward
@@ -378,18 +378,32 @@ class Model:
         return out, MlpSublayerCache(mlp_cache, drop_cache)
 
     def _activation(self):
-        """The MLP's activation. In float32 on a CPU, GELU-tanh and SwiGLU's gate run fused: one pass over the
-        hidden layer instead of eight (minigpt.kernels.elementwise_cpu; the same formulas). float64 (a gradient
-        check) and a GPU keep the NumPy reference."""
+        """The MLP's activation. Fused, GELU-tanh and SwiGLU's gate run in one pass over the hidden layer
+        instead of eight (minigpt.kernels.elementwise_cpu; the same formulas)."""
         name = self.config.mlp_activation
-        if name in ("gelu_tanh", "silu") and self.device == "cpu" and self.dtype == np.float32:
+        if name in ("gelu_tanh", "silu") and self._fused:
             return f"{name}_fused"
         return name
 
+    @property
+    def _fused(self):
+        """Do the norms and the MLP's activation run as Numba kernels? In float32 on a CPU, yes; float64 (a
+        gradient check) and a GPU keep the NumPy reference of minigpt.layers."""
+        return self.device == "cpu" and self.dtype == np.float32
+
+    def _norms(self):
+        """Where the norm functions come from: minigpt.layers.norms, or, fused, minigpt.kernels.norms_cpu (the
+        same formulas and caches, one pass per row instead of seven NumPy passes over the whole array)."""
+        if self._fused:
+            from minigpt.kernels import norms_cpu
+            return norms_cpu
+        return norms
+
     def _norm_forward(self, x, name):
         if self.config.norm_has_bias:
-            return layernorm_forward(x, self.params[f"{name}.w"], self.params[f"{name}.b"], self.config.norm_eps)
-        return rmsnorm_forward(x, self.params[f"{name}.w"], self.config.norm_eps)
+            return self._norms().layernorm_forward(x, self.params[f"{name}.w"], self.params[f"{name}.b"],
+                                                   self.config.norm_eps)
+        return self._norms().rmsnorm_forward(x, self.params[f"{name}.w"], self.config.norm_eps)
 
     def _dropout(self, x):
         if self.config.dropout == 0 or not self.training:
@@ -511,10 +525,10 @@ class Model:
 
     def _norm_backward(self, dout, cache, name):
         if self.config.norm_has_bias:
-            dx, dw, db = layernorm_backward(dout, cache)
+            dx, dw, db = self._norms().layernorm_backward(dout, cache)
             self.grads[f"{name}.b"] += db
         else:
-            dx, dw = rmsnorm_backward(dout, cache)
+            dx, dw = self._norms().rmsnorm_backward(dout, cache)
         self.grads[f"{name}.w"] += dw
         return dx
 
