@@ -6,6 +6,7 @@
     flash_cuda.py     the same algorithm as Numba @cuda.jit kernels (runs in the CUDA simulator without a GPU)
     elementwise_cpu.py  GELU-tanh and SwiGLU's gate in one pass (a float32 model on a CPU uses them)
     norms_cpu.py      LayerNorm and RMSNorm in one pass per row (likewise)
+    rope_cpu.py       RoPE in one pass (likewise)
 
 Every implementation has the same pair of functions (the CUDA ones end in _cuda):
 

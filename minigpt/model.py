@@ -360,7 +360,8 @@ class Model:
         cfg = self.config
         if cfg.rotary == "rope":
             cos, sin = context.rope
-            return rope_forward(x, cos, sin, cfg.rotary_dim, cfg.rope_pairing)  # (B, H|Hkv, T, D)
+            forward = self._rope()[0]
+            return forward(x, cos, sin, cfg.rotary_dim, cfg.rope_pairing)       # (B, H|Hkv, T, D)
         if cfg.rotary == "rope2d":
             return rope2d_forward(x, context.pos, context.block_pos, cfg.rope_theta)   # (B, H|Hkv, T, D)
         return x, None
@@ -387,7 +388,7 @@ class Model:
 
     @property
     def _fused(self):
-        """Do the norms and the MLP's activation run as Numba kernels? In float32 on a CPU, yes; float64 (a
+        """Do the norms, RoPE and the MLP's activation run as Numba kernels? In float32 on a CPU, yes; float64 (a
         gradient check) and a GPU keep the NumPy reference of minigpt.layers."""
         return self.device == "cpu" and self.dtype == np.float32
 
@@ -398,6 +399,14 @@ class Model:
             from minigpt.kernels import norms_cpu
             return norms_cpu
         return norms
+
+    def _rope(self):
+        """RoPE's (forward, backward): minigpt.layers.rope's, or, fused, minigpt.kernels.rope_cpu's (the same
+        arithmetic and cache, one pass that also leaves q and k contiguous for the flash kernel)."""
+        if self._fused:
+            from minigpt.kernels import rope_cpu
+            return rope_cpu.rope_forward, rope_cpu.rope_backward
+        return rope_forward, rope_backward
 
     def _norm_forward(self, x, name):
         if self.config.norm_has_bias:
@@ -503,7 +512,7 @@ class Model:
         """Undoes _rotate: the inverse rotation (dout as it is without rotary positions)."""
         rotary = self.config.rotary
         if rotary == "rope":
-            return rope_backward(dout, cache)
+            return self._rope()[1](dout, cache)
         if rotary == "rope2d":
             return rope2d_backward(dout, cache)
         return dout
