@@ -62,10 +62,10 @@ SIDES = ["minigpt", "minigpt-1shard", "torch-eager", "torch-sdpa"]
 MAIN_JOB_SIDES = ["minigpt", "torch-eager", "torch-sdpa"]
 PARTS = [  # (part of the step, the source files whose functions it is)
     ("matmuls (linear layers, head)", ("layers/linear.py",)),
-    ("attention core", ("layers/attention.py", "kernels/")),
-    ("MLP activation and gate", ("layers/activations.py", "layers/mlp.py")),
-    ("norms", ("layers/norms.py",)),
-    ("RoPE", ("layers/rope.py",)),
+    ("attention core", ("layers/attention.py", "kernels/flash_", "kernels/masking.py", "kernels/__init__.py")),
+    ("MLP activation and gate", ("layers/activations.py", "layers/mlp.py", "kernels/elementwise_cpu.py")),
+    ("norms", ("layers/norms.py", "kernels/norms_cpu.py")),
+    ("RoPE", ("layers/rope.py", "kernels/rope_cpu.py")),
     ("embeddings, positions", ("layers/embedding.py", "layers/positions.py")),
     ("cross-entropy", ("layers/loss.py",)),
     ("AdamW, clipping", ("minigpt/optim.py",)),
