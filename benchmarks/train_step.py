@@ -8,7 +8,9 @@ own (benchmarks/common.py): minigpt, transformers with attn_implementation="eage
 (torch.nn.functional.scaled_dot_product_attention). The weights are minigpt's, written by minigpt.hf.save
 and read by transformers' from_pretrained; the first step's loss of every side is printed, and they agree.
 Every process uses the same number of threads (--threads, default: all cores) for NumPy's BLAS, OpenMP,
-Numba and torch.
+Numba and torch. torch's processes run Numba (if minigpt's data preparation loads it: main-job) on its
+"workqueue" threading layer, never on OpenMP: with Numba's OpenMP layer loaded in the same process, torch's
+sdpa main-job step took 990 ms instead of 75 (2 cores, AMD EPYC; DESIGN.md section 4 describes the clash).
 
 Configs (4 layers, C = 256, 8 heads, vocabulary 512):
     gpt2        the gpt2 preset, B = 8, T = 256
@@ -319,6 +321,11 @@ def save_weights(config_name, folder, vocab):
     return str(path)
 
 
+def side_env(side):
+    """Environment of a side's process: torch's sides keep Numba off OpenMP (see the module docstring)."""
+    return {} if side.startswith("minigpt") else {"NUMBA_THREADING_LAYER": "workqueue"}
+
+
 def round_robin(run_one, sides, rounds):
     """{side: its best run} after `rounds` rounds of run_one(side) for every side in turn; the best run is
     the one with the least seconds (an error if every run failed), and it records every round's seconds."""
@@ -402,12 +409,12 @@ def main(argv=None):
         for name in args.configs:
             if name == "main-job":
                 results = round_robin(lambda side: run_worker(__file__, [side, name, "-", 5 * args.repeats, ""],
-                                                              args.threads),    # short steps: five times as many
+                                                              args.threads, side_env(side)),  # short steps: 5x
                                       MAIN_JOB_SIDES, args.rounds)
                 report_main_job(results)
                 continue
             results = round_robin(lambda side: run_worker(__file__, [side, name, weights[name], args.repeats, ""],
-                                                          args.threads), SIDES, args.rounds)
+                                                          args.threads, side_env(side)), SIDES, args.rounds)
             report(name, results)
 
 
