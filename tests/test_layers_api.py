@@ -70,6 +70,7 @@ def tiny_inputs(name):
         "relu_forward": (x,), "gelu_forward": (x,), "gelu_tanh_forward": (x,), "silu_forward": (x,),
         "mlp_forward": (x, r(4, 8), r(8), r(8, 4), r(4)),
         "gated_mlp_forward": (x, r(4, 8), r(4, 8), r(8, 4)),
+        "glu_forward": (x, r(2, 3, 4), "silu"),
         "softmax_forward": (x,),
         "attention_forward": (q, k, v, np.tril(np.ones((3, 3), dtype=bool))),
         "rope_forward": (q, cos, sin),

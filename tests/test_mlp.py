@@ -3,7 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from minigpt.layers.mlp import gated_mlp_backward, gated_mlp_forward, mlp_backward, mlp_forward
+from minigpt.layers.mlp import (gated_mlp_backward, gated_mlp_forward, glu_backward, glu_forward, mlp_backward,
+                                mlp_forward)
 from layer_testing import BT, DTYPES, C, assert_gradients, assert_matches_torch, leaf, randn
 
 F_ = 20  # hidden size, not divisible by 8
@@ -45,6 +46,15 @@ def test_gated_mlp_gradients(B, T, activation):
     rng = np.random.default_rng(2)
     assert_gradients(lambda *a: gated_mlp_forward(*a, activation=activation), gated_mlp_backward,
                      gated_args(rng, B, T), GATED_NAMES, GATED_NAMES)
+
+
+@BT
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+def test_glu_gradients(B, T, activation):
+    """The gate a = act(g) * u alone: both inputs."""
+    rng = np.random.default_rng(4)
+    args = [randn(rng, B, T, F_), randn(rng, B, T, F_)]
+    assert_gradients(lambda g, u: glu_forward(g, u, activation), glu_backward, args, ["g", "u"], ["g", "u"])
 
 
 def test_mlps_float32_stay_float32():

@@ -11,7 +11,7 @@ The pairs, by module:
     positions    learned_position, glm_position             (helper: sinusoidal_encoding, no parameters)
     norms        layernorm, rmsnorm, qk_norm
     activations  relu, gelu, gelu_tanh, silu                (helpers: get_activation, ACTIVATIONS)
-    mlp          mlp, gated_mlp
+    mlp          mlp, glu (the gate act(g) * u), gated_mlp
     softmax      softmax
     attention    attention                                  (helpers: split_heads, merge_heads)
     rope         rope, rope2d                               (helper: rope_cos_sin)
@@ -26,7 +26,8 @@ from minigpt.layers.dropout import dropout_backward, dropout_forward
 from minigpt.layers.embedding import check_ids, embedding_backward, embedding_forward
 from minigpt.layers.linear import linear_backward, linear_forward
 from minigpt.layers.loss import cross_entropy, log_softmax
-from minigpt.layers.mlp import gated_mlp_backward, gated_mlp_forward, mlp_backward, mlp_forward
+from minigpt.layers.mlp import (gated_mlp_backward, gated_mlp_forward, glu_backward, glu_forward, mlp_backward,
+                                mlp_forward)
 from minigpt.layers.norms import (layernorm_backward, layernorm_forward, qk_norm_backward, qk_norm_forward,
                                   rmsnorm_backward, rmsnorm_forward)
 from minigpt.layers.positions import (glm_position_backward, glm_position_forward, learned_position_backward,
@@ -44,7 +45,7 @@ __all__ = [
     "relu_forward", "relu_backward", "gelu_forward", "gelu_backward",
     "gelu_tanh_forward", "gelu_tanh_backward", "silu_forward", "silu_backward",
     "get_activation", "ACTIVATIONS",
-    "mlp_forward", "mlp_backward", "gated_mlp_forward", "gated_mlp_backward",
+    "mlp_forward", "mlp_backward", "glu_forward", "glu_backward", "gated_mlp_forward", "gated_mlp_backward",
     "softmax_forward", "softmax_backward",
     "attention_forward", "attention_backward", "split_heads", "merge_heads",
     "rope_forward", "rope_backward", "rope2d_forward", "rope2d_backward", "rope_cos_sin",

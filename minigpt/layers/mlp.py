@@ -61,7 +61,8 @@ def mlp_backward(dout, cache):
 
 
 class GluCache(NamedTuple):
-    """What glu_backward needs for a = act(g) * u: the activation's cache and the two factors of a."""
+    """What glu_backward needs for a = act(g) * u: the activation, its cache and the two factors of a."""
+    activation: str                                              # a name in activations.ACTIVATIONS
     act_cache: Any                                               # activation: act_g = act(g)
     act_g: Any                                                   # (B, T, F) act(g), the gate
     u: Any                                                       # (B, T, F) x @ w_up, the gated value
@@ -74,10 +75,9 @@ class SwigluCache(NamedTuple):
 
 
 class GatedMLPCache(NamedTuple):
-    """What gated_mlp_backward needs: each step's cache and the activation's name."""
+    """What gated_mlp_backward needs: each step's cache."""
     gate_cache: Any                                              # linear: g = x @ w_gate
     up_cache: Any                                                # linear: u = x @ w_up
-    activation: str                                              # a name in activations.ACTIVATIONS, or "silu_fused"
     glu_cache: Any                                               # the gate: a = act(g) * u
     down_cache: Any                                              # linear: out = a @ w_down
 
@@ -91,15 +91,15 @@ def glu_forward(g, u, activation):
         return swiglu_forward(g, u)
     act_forward, _ = get_activation(activation)
     act_g, act_cache = act_forward(g)                            # (B, T, F)
-    return act_g * u, GluCache(act_cache, act_g, u)              # (B, T, F)
+    return act_g * u, GluCache(activation, act_cache, act_g, u)  # (B, T, F)
 
 
-def glu_backward(da, cache, activation):
+def glu_backward(da, cache):
     """da (B, T, F) -> dg (B, T, F), du (B, T, F): the product rule splits da between the two factors."""
-    if activation == "silu_fused":
+    if isinstance(cache, SwigluCache):                           # the fused kernel's forward made it
         from minigpt.kernels.elementwise_cpu import swiglu_backward
         return swiglu_backward(da, cache)
-    _, act_backward = get_activation(activation)
+    _, act_backward = get_activation(cache.activation)
     du = da * cache.act_g                                        # (B, T, F)  undoes a = act_g * u, for u
     dg = act_backward(da * cache.u, cache.act_cache)             # (B, T, F)  ... for act_g, then undoes act_g = act(g)
     return dg, du
@@ -113,13 +113,13 @@ def gated_mlp_forward(x, w_gate, w_up, w_down, activation="silu"):
     u, up_cache = linear_forward(x, w_up)                        # (B, T, F)
     a, glu_cache = glu_forward(g, u, activation)                 # (B, T, F) act(g) * u
     out, down_cache = linear_forward(a, w_down)                  # (B, T, C)
-    return out, GatedMLPCache(gate_cache, up_cache, activation, glu_cache, down_cache)
+    return out, GatedMLPCache(gate_cache, up_cache, glu_cache, down_cache)
 
 
 def gated_mlp_backward(dout, cache):
     """dout (B, T, C) -> dx (B, T, C), dw_gate (C, F), dw_up (C, F), dw_down (F, C)."""
     da, dw_down, _ = linear_backward(dout, cache.down_cache)     # (B, T, F)  undoes out = a @ w_down
-    dg, du = glu_backward(da, cache.glu_cache, cache.activation) # (B, T, F)  undoes a = act(g) * u
+    dg, du = glu_backward(da, cache.glu_cache)                   # (B, T, F)  undoes a = act(g) * u
     dx_up, dw_up, _ = linear_backward(du, cache.up_cache)        # (B, T, C)  undoes u = x @ w_up
     dx_gate, dw_gate, _ = linear_backward(dg, cache.gate_cache)  # (B, T, C)  undoes g = x @ w_gate
     return dx_gate + dx_up, dw_gate, dw_up, dw_down              # x fed both projections: the gradients add
