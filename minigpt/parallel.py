@@ -41,6 +41,8 @@ class DataParallel:
         self._pool, self._pool_size = None, 0
         if shards > 1 and model.config.attention_impl in ("auto", "flash-cpu"):
             get_kernels("flash-cpu")      # import Numba here, once, not in two shard threads at the same time
+        if shards > 1 and model._fused:   # likewise the fused norms, RoPE and activations (Model._fused)
+            from minigpt.kernels import elementwise_cpu, norms_cpu, rope_cpu  # noqa: F401
 
     def _replica(self):
         """A Model on the same parameter dict (updates by the optimizer are seen at once), own grads and caches."""
