@@ -18,8 +18,8 @@ AVX2, medians): LayerNorm forward 0.10 ms against NumPy's 0.46, backward 0.14 ag
 Order of additions: the row sums may be reassociated (fastmath "reassoc", on those sums only, each written
 as its own function), so that the compiler can add them in vector lanes; NumPy sums a row pairwise. Both
 are float32 sums of C numbers with errors of a few float32 ulps of the sum of |x|, so the results agree
-with the reference to float32 rounding. dw and db add the rows in
-order, as NumPy's sum over axis 0 does. The caches are the reference's: either backward follows either forward.
+with the reference to float32 rounding. dw and db add the rows in order, as NumPy's sum over axis 0 does.
+The caches are the reference's: either backward follows either forward.
 """
 import numpy as np
 from numba import njit
