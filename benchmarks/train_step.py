@@ -104,7 +104,7 @@ def minigpt_step(weights_dir, shards):
     def step(x, y):
         model.zero_grad()
         loss = parallel.forward_backward((x, y), _clm_loss)                 # forward, loss, backward
-        optimizer.step(model.grads)
+        optimizer.step(model.grads, parallel.map_keys)
         return float(loss)
 
     return model, step

@@ -92,15 +92,21 @@ class Optimizer:
         self.state = {name: {k: get_xp(p).zeros_like(p) for k, p in params.items()}  # in p's dtype and device
                       for name in self.BUFFERS}
 
-    def step(self, grads):
-        """One update of every param from grads {key: array} (same keys, shapes and dtypes as params)."""
+    def step(self, grads, map_keys=None):
+        """One update of every param from grads {key: array} (same keys, shapes and dtypes as params).
+        map_keys(update, keys) runs update(key) for every key, e.g. on several threads at once (each param is
+        updated on its own; minigpt.parallel.DataParallel.map_keys); None: one after the other."""
         _check_params(grads, "grads")
         check_tensor_set("grads do not fit the optimizer's params", _shapes(self.params), grads)
         _check_dtypes(self.params, grads)
         lr = _check_lr(self.lr)                                  # the caller may have set opt.lr since
         self.t += 1
-        for key, p in self.params.items():
-            self._update(key, p, grads[key], lr)
+        update = lambda key: self._update(key, self.params[key], grads[key], lr)   # noqa: E731
+        if map_keys is None:
+            for key in self.params:
+                update(key)
+        else:
+            map_keys(update, list(self.params))
 
     def state_dict(self):
         """The whole state: JSON-able scalars, and {buffer name: {key: NumPy array}} (copies, on the host).

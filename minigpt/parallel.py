@@ -82,11 +82,24 @@ class DataParallel:
 
     def _add_grads(self, replicas):
         """model.grads (which already hold shard 0's) += the other replicas' grads, in shard order; theirs are
-        zeroed for the next step."""
-        for key, grad in self.model.grads.items():
+        zeroed for the next step. The keys are shared out among the shard threads."""
+        def add(key):
             for replica in replicas:
-                grad += replica.grads[key]
+                self.model.grads[key] += replica.grads[key]
                 replica.grads[key][...] = 0
+        self.map_keys(add, list(self.model.grads))
+
+    def map_keys(self, work, keys):
+        """work(key) for every key, the keys shared out among the shard threads (one after the other where
+        the shards run so): for the per-parameter work of a step, the gradient sum and the optimizer's update
+        (Optimizer.step's map_keys). NumPy releases the GIL inside each operation, so the threads overlap."""
+        workers = self._workers(self.shards)
+        if workers == 1:
+            for key in keys:
+                work(key)
+            return
+        self._pool_for(workers)
+        list(self._pool.map(work, keys))
 
     def _run(self, work, replicas, items):
         """[work(replica, item) for each pair], one thread per shard up to one per core; each thread's BLAS and
@@ -94,17 +107,25 @@ class DataParallel:
         On a busy machine the shard threads still run at once: they never wait for each other inside a
         matmul, so sharing the cores with another process costs about the share (measured beside one busy
         process on 2 cores: 1.5x slower; running the shards in turn on the one free core: 1.9x)."""
-        on_cpu = self.model.device == "cpu" and threads.kernels_thread_safe()   # a GPU runs one shard at a time
-        workers = min(len(items), threads.available_cores()) if on_cpu else 1
+        workers = self._workers(len(items))
         if workers == 1:
             return [work(replica, item) for replica, item in zip(replicas, items)]
-        if self._pool_size != workers:
-            self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="minigpt-shard"), workers
+        self._pool_for(workers)
         per_worker = max(1, (threads.current_threads() or threads.available_cores()) // workers)
         with threads.blas_limit(per_worker):
             futures = [self._pool.submit(_in_worker, per_worker, work, replica, item)
                        for replica, item in zip(replicas, items)]
             return [future.result() for future in futures]
+
+    def _workers(self, n):
+        """How many threads n pieces of work get: one each, up to one per core; one on a GPU."""
+        on_cpu = self.model.device == "cpu" and threads.kernels_thread_safe()   # a GPU runs one shard at a time
+        return min(n, threads.available_cores()) if on_cpu else 1
+
+    def _pool_for(self, workers):
+        """The thread pool, (re)made for this many workers."""
+        if self._pool_size != workers:
+            self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="minigpt-shard"), workers
 
 
 def _in_worker(n_threads, work, replica, item):

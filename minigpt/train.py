@@ -249,7 +249,7 @@ def train_step(run):
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise TrainingDiverged(f"step {run.step + 1}: the loss is {loss} and the gradient norm {norm}; stopping "
                                f"before the weights change (the last good checkpoint is {checkpoint.latest(o.out)})")
-    run.optimizer.step(run.model.grads)
+    run.optimizer.step(run.model.grads, run.parallel.map_keys)             # the updates on the shard threads
     run.step += 1
     return loss, norm, lr
 

@@ -121,3 +121,29 @@ def test_grad_scale_zero_only_evaluates():
 def test_bad_shards_are_refused(shards):
     with pytest.raises(ValueError, match=f"shards={shards!r}: expected an integer >= 1"):
         DataParallel(Model(tiny("gpt2")), shards)
+
+
+def test_optimizer_updates_on_the_shard_threads_equal_the_serial_ones(monkeypatch):
+    """AdamW through DataParallel.map_keys (two threads) gives the same parameters, bit for bit, as one after the
+    other: every parameter is updated on its own, whichever thread does it."""
+    from minigpt.optim import AdamW
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    inputs, targets = clm_batch(4)
+    results = []
+    for threaded in (True, False):
+        model = Model(tiny("llama"), seed=0, dtype="float64")
+        parallel = DataParallel(model, 2)
+        optimizer = AdamW(model.params, lr=1e-2, weight_decay=0.1)
+        seen = []
+        for _ in range(3):
+            model.zero_grad()
+            parallel.forward_backward((inputs, targets), _clm_loss)
+            if threaded:
+                optimizer.step(model.grads, lambda work, keys: parallel.map_keys(lambda k: seen.append(k) or work(k),
+                                                                                  keys))
+            else:
+                optimizer.step(model.grads)
+        assert not threaded or sorted(seen) == sorted(list(model.params) * 3)   # every key once a step
+        results.append(model.params)
+    for key, value in results[0].items():
+        np.testing.assert_array_equal(value, results[1][key], err_msg=key)
