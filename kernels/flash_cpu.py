@@ -34,9 +34,10 @@ fewer and larger products, which BLAS runs faster (one core, float32: 56 GFLOP/s
 Measured on one core, B=4, H=8, T=256, D=32, causal: forward 6.9 -> 6.4 ms, backward 11.6 -> 10.8 ms.
 
 Layout. Scores are kept transposed, sT (Bk, Bq): the query row index runs fastest. The softmax works
-row by row (a max and a sum over the keys of each query row); with rows running fastest those become
+row by row (a max and a sum over the keys of each query row); with rows running fastest the sums become
 elementwise updates of (Bq,) vectors, which the compiler vectorises, instead of sums along a row,
-which it may not vectorise without fastmath (that would reorder additions). For the same reason the
+which it may not vectorise without fastmath (that would reorder additions). (The max is the exception:
+a max does not depend on the order, and taking it one row at a time measured faster.) For the same reason the
 running output is kept transposed, accT (D, Bq), and the exponentials of float32 tiles use a
 vectorisable exp (below) instead of the C library's.
 
@@ -291,12 +292,11 @@ def _online_softmax(sT, rows):
     sT holds p = exp(s - m_new) and rows[3] holds alpha = exp(m_old - m_new) per row."""
     nc, nr = sT.shape
     m, l, m_safe, alpha = rows[0], rows[1], rows[2], rows[3]
-    for ii in range(nr):
-        m_safe[ii] = m[ii]
-    for jj in range(nc):
-        for ii in range(nr):                                                # the new max, elementwise over rows
-            if sT[jj, ii] > m_safe[ii]:
-                m_safe[ii] = sT[jj, ii]
+    for ii in range(nr):                                                    # the new max of each row (one row
+        row_max = m[ii]                                                     # at a time: measured 6% faster for
+        for jj in range(nc):                                                # the whole forward than a running max
+            row_max = max(row_max, sT[jj, ii])                              # per row updated key by key)
+        m_safe[ii] = row_max
     for ii in range(nr):
         m_new = m_safe[ii]
         if m_new == -np.inf:                                                # the row has seen no visible key yet:
