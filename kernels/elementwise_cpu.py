@@ -52,7 +52,7 @@ threads.sync_numba()      # the thread count and threading layer of minigpt's po
 
 def gelu_tanh_forward(x):
     """x (...) float32 -> out (...), GeluTanhCache(x, tanh(u)): the reference's results in one pass."""
-    x = _checked(x)
+    x = float32_array(x, "GELU")
     out, t = np.empty_like(x), np.empty_like(x)
     _forward_kernel(x.reshape(-1), out.reshape(-1), t.reshape(-1))
     return out, GeluTanhCache(x, t)
@@ -71,7 +71,7 @@ def gelu_tanh_backward(dout, cache):
 
 def swiglu_forward(g, u):
     """g, u (...) float32 -> a = silu(g) * u (...), SwigluCache(g, u): glu_forward(g, u, "silu") in one pass."""
-    g, u = _checked(g, "SwiGLU"), _checked(u, "SwiGLU")
+    g, u = float32_array(g, "SwiGLU"), float32_array(u, "SwiGLU")
     _check_same("u", u, g)
     a = np.empty_like(g)
     _swiglu_forward_kernel(g.reshape(-1), u.reshape(-1), a.reshape(-1))
@@ -88,7 +88,9 @@ def swiglu_backward(da, cache):
     return dg, du
 
 
-def _checked(x, what="GELU"):
+def float32_array(x, what):
+    """x as a C-contiguous float32 NumPy array, or a ValueError naming the fused kernel (`what`) that needs one
+    (norms_cpu uses it too)."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32:
         raise ValueError(f"fused {what}: expected a float32 NumPy array, got {type(x).__name__} "
                          f"{getattr(x, 'dtype', '')}; the NumPy reference in minigpt.layers takes any")

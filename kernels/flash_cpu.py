@@ -211,8 +211,7 @@ def _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, buf):
     nr = qT.shape[1]
     sT = _view(buf, nc, nr)                                                 # (Bk, Bq) workspace
     np.dot(k[b, kvh, c0:c0 + nc], qT, sT)                                   # (nc, D) @ (D, nr): keys c0 .. c0+nc-1
-    if not _tile_all_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
-        _mask_transposed(sT, i_lo, c0, mask)                                # only tiles the mask cuts through
+    _mask_transposed(sT, i_lo, c0, mask)                                    # tests only the chunks the mask cuts
     return sT
 
 

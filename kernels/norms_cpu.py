@@ -24,6 +24,7 @@ The caches are the reference's: either backward follows either forward.
 import numpy as np
 from numba import njit
 
+from minigpt.kernels.elementwise_cpu import float32_array
 from minigpt.layers.norms import LayerNormCache, RMSNormCache, _check_param
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
@@ -72,10 +73,7 @@ def rmsnorm_backward(dout, cache):
 
 def _rows(x, what):
     """x (..., C) as a C-contiguous float32 (N, C) array (a view when it already is one)."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-        raise ValueError(f"fused {what}: expected a float32 NumPy array, got {type(x).__name__} "
-                         f"{getattr(x, 'dtype', '')}; minigpt.layers.norms takes any")
-    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    return float32_array(x, what).reshape(-1, x.shape[-1])
 
 
 def _same_shape(dout, xhat, what):

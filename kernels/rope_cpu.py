@@ -25,9 +25,7 @@ def rope_forward(x, cos, sin, rotary_dim=None, pairing="half"):
     """x (B, H, T, D) float32, cos/sin (T, P) or (B|1, 1, T, P) -> out (B, H, T, D), RopeCache."""
     rotary_dim = 2 * cos.shape[-1] if rotary_dim is None else rotary_dim
     _check_rope_args(x, cos, sin, rotary_dim, pairing)
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
-        raise ValueError(f"fused RoPE: expected a float32 NumPy array (B, H, T, D), got {type(x).__name__} "
-                         f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}; minigpt.layers.rope takes any")
+    _check_heads("x", x)
     if cos.ndim == 3:
         cos, sin = cos[:, None], sin[:, None]                               # (B, 1, T, P), as the reference
     cos, sin = cos.astype(np.float32, copy=False), sin.astype(np.float32, copy=False)
@@ -37,10 +35,15 @@ def rope_forward(x, cos, sin, rotary_dim=None, pairing="half"):
 
 def rope_backward(dout, cache):
     """dout (B, H, T, D) float32 -> dx (B, H, T, D): rotated back by the same angles."""
-    if not isinstance(dout, np.ndarray) or dout.dtype != np.float32 or dout.ndim != 4:
-        raise ValueError(f"fused RoPE: dout must be a float32 NumPy array (B, H, T, D), got "
-                         f"{type(dout).__name__} {getattr(dout, 'dtype', '')} {getattr(dout, 'shape', '')}")
+    _check_heads("dout", dout)
     return _rotated(dout, cache, sign=np.float32(-1.0))
+
+
+def _check_heads(name, x):
+    """x must be a float32 NumPy array (B, H, T, D), the only kind the kernel is compiled for."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        raise ValueError(f"fused RoPE: {name} must be a float32 NumPy array (B, H, T, D), got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}; minigpt.layers.rope takes any")
 
 
 def _rotated(x, cache, sign):

@@ -101,7 +101,10 @@ class Optimizer:
         _check_dtypes(self.params, grads)
         lr = _check_lr(self.lr)                                  # the caller may have set opt.lr since
         self.t += 1
-        update = lambda key: self._update(key, self.params[key], grads[key], lr)   # noqa: E731
+
+        def update(key):
+            self._update(key, self.params[key], grads[key], lr)
+
         if map_keys is None:
             for key in self.params:
                 update(key)

@@ -35,7 +35,8 @@ def test_forward_and_backward_equal_the_reference_bit_for_bit(pairing, rotary_di
 def test_refuses_what_it_was_not_compiled_for():
     x = strided_heads()
     cos, sin = rope.rope_cos_sin(np.arange(11), 12)
-    with pytest.raises(ValueError, match=r"fused RoPE: expected a float32 NumPy array \(B, H, T, D\), got ndarray float64"):
+    with pytest.raises(ValueError,
+                       match=r"fused RoPE: x must be a float32 NumPy array \(B, H, T, D\), got ndarray float64"):
         rope_cpu.rope_forward(x.astype(np.float64), cos, sin, 12)
     with pytest.raises(ValueError, match="cos/sin cover 11 positions, x has T=10"):
         rope_cpu.rope_forward(x[:, :, :10], cos, sin, 12)
