@@ -5,12 +5,12 @@ Bq = block_q query rows and Bk = block_k key columns per tile. Read flash_numpy.
 algorithm is the same, step for step; this file is about doing it fast.
 
 Forward. The work is cut into B * H * ceil(T / Bq) independent items, one per query tile of one head,
-and `prange` hands them to the threads. An item scales and transposes its query tile once, then walks
-the key tiles, up to the last key any of its rows may see (masking.last_visible_key: the last tile is cut
-short there), skipping the tiles the mask hides completely (masking.tile_may_be_visible: for a causal
-mask, every tile above the diagonal, which is half the work), and testing each (query, key) pair only
-in chunks of MASK_CHUNK keys that are partly visible (masking.tile_all_visible says which are not). For each key tile it
-updates the running max m, sum l and output acc (the online softmax), and at the end writes
+and `prange` hands them to the threads. An item finds the interval of keys each of its query rows may see
+(masking.visible_keys), then walks the key tiles, up to the last key any of its rows may see
+(masking.last_visible_key: the last tile is cut short there), skipping the tiles the mask hides completely
+(masking.tile_may_be_visible: for a causal mask, every tile above the diagonal, which is half the work),
+and hiding keys outside a row's interval only in the tiles that some row does not see whole. For each
+key tile it updates the running max m, sum l and output acc (the online softmax), and at the end writes
 O = acc / l and L = m + log(l), the per-row log-sum-exp that the backward pass rebuilds probabilities from.
 
 Backward. Di = rowsum(dO * O), then for every (query tile, key tile) pair the probabilities are
@@ -22,16 +22,20 @@ from all key tiles. So that no two threads ever add into the same numbers, the b
 to reduce, no extra recomputation; the price is coarser parallelism, B * Hkv items (48 for B=4, H=12
 MHA; with B * Hkv smaller than the thread count, some threads idle).
 
-Tile products. The five matrix products of a tile pair (two in the forward, five in the backward) go
-to BLAS through np.dot, the same sgemm/dgemm NumPy's @ calls, writing into workspaces we own (np.dot's
-out argument: nothing is allocated per tile). Measured on one core at 64x64x64: 114 GFLOP/s for
-np.dot, 35 GFLOP/s for the best plain loop Numba vectorises without fastmath. The kernel's own loops
+Tile products. The matrix products of a tile pair (two in the forward, five in the backward) go to
+BLAS's gemm (blas_cpu.gemm): C = alpha op(A) op(B) + beta C. alpha carries the 1/sqrt(D) scale, op reads
+a transposed tile where it lies (q_tile^T, v_tile^T), and beta = 1 adds a product straight into the
+output: the running output acc, and dQ, dK, dV in the backward. Nothing is copied or allocated per tile.
+Measured on one core at 64x64x64: 114 GFLOP/s for BLAS, 35 GFLOP/s for the best plain loop Numba
+vectorises without fastmath. (Through np.dot, which can neither scale nor add, every product went to a
+workspace and a loop added it in: B=4, H=8, T=256, D=32 causal on one core, backward 11.8 -> 10.8 ms
+with gemm; testing keys against row intervals instead of the whole rule pair by pair took the forward
+6.1 -> 5.6 ms and the backward 10.8 -> 9.0 ms.) The kernel's own loops
 do what BLAS cannot: skip tiles, apply the mask, run the online softmax, and fuse it all so that no
 (T, S) array ever exists. Tile products stay at most 2^18 multiply-adds (Bq * Bk * D <= 262144, see
 default_blocks): below that OpenBLAS never starts threads of its own inside ours. Wider key tiles mean
 fewer and larger products, which BLAS runs faster (one core, float32: 56 GFLOP/s at 64x32x64, 65 at
 128x32x64); cutting the last tile at the last visible key keeps their causal work that of 64-key tiles.
-Measured on one core, B=4, H=8, T=256, D=32, causal: forward 6.9 -> 6.4 ms, backward 11.6 -> 10.8 ms.
 
 Layout. Scores are kept transposed, sT (Bk, Bq): the query row index runs fastest. The softmax works
 row by row (a max and a sum over the keys of each query row); with rows running fastest the sums become
@@ -43,11 +47,12 @@ vectorisable exp (below) instead of the C library's.
 
 Threads. `prange` runs one worker per thread (numba.get_num_threads(), NUMBA_NUM_THREADS); each worker
 allocates its workspaces once and then walks its items round-robin (items w, w + n_workers, ...), so
-no allocation happens inside the tile loops. The kernels release the GIL (nogil=True). minigpt runs them
-on Numba's "workqueue" threading layer, not its default OpenMP, whose threads keep spinning after a kernel
-returns and took the cores from the NumPy work after it (minigpt/threads.py has the numbers).
+the tile loops allocate nothing but the few bytes in which blas_cpu.gemm hands BLAS its sizes. The
+kernels release the GIL (nogil=True). minigpt runs them on Numba's "workqueue" threading layer, not its
+default OpenMP, whose threads keep spinning after a kernel returns and took the cores from the NumPy work
+after it (minigpt/threads.py has the numbers).
 
-Memory beyond the inputs and outputs: L (B, H, T) and O(Bq*Bk + D*(Bq+Bk)) of workspace per thread:
+Memory beyond the inputs and outputs: L (B, H, T) and O(Bq*Bk + D*Bq) of workspace per thread:
 linear in T, where the reference keeps (B, H, T, S) probabilities.
 
 Precision: everything is computed in the input dtype (float32 or float64), like the reference, the
@@ -66,11 +71,11 @@ from numba.extending import overload
 
 from minigpt import threads
 from minigpt.kernels import masking
+from minigpt.kernels.blas_cpu import gemm
 
 # The mask rule, compiled from its one definition in masking.py.
-_key_visible = njit(masking.key_visible)
+_visible_keys = njit(masking.visible_keys)
 _tile_may_be_visible = njit(masking.tile_may_be_visible)
-_tile_all_visible = njit(masking.tile_all_visible)
 _last_visible_key = njit(masking.last_visible_key)
 threads.sync_numba()      # the thread count and threading layer of minigpt's policy (minigpt/threads.py)
 
@@ -101,7 +106,7 @@ def flash_backward(q, k, v, o, L, do, spec, scale=None, block_q=None, block_k=No
     if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
         raise ValueError(f"flash_backward: o {o.shape} and do {do.shape} must be q's shape {q.shape}, "
                          f"L {L.shape} must be {q.shape[:3]}")
-    dq = np.empty_like(q)                                                   # (B, H, T, D)
+    dq = np.zeros_like(q)                                                   # (B, H, T, D)
     dk = np.zeros_like(k)                                                   # (B, Hkv, S, D)
     dv = np.zeros_like(v)                                                   # (B, Hkv, S, D)
     _backward_kernel(q, k, v, o, L, do, *mask, scale, block_q, block_k, dq, dk, dv)
@@ -155,7 +160,6 @@ P0, P1, P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float3
 P3, P4, P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
 LOWEST = np.float32(-87.33654)                                              # exp(LOWEST) = 2^-126, the smallest normal
 BIAS = np.int32(127)                                                        # float32 exponent bias
-MASK_CHUNK = 16                                                             # keys per all-visible test in a tile
 
 
 @njit(fastmath=False, cache=False)
@@ -191,40 +195,39 @@ def _view(buf, rows, cols):
 
 
 @njit(fastmath=False, cache=False)
-def _mask_transposed(sT, i_lo, c0, mask):
-    """sT[jj, ii] = -inf where key c0 + jj is hidden from the query at position i_lo + ii, tested pair by
-    pair only in the chunks of MASK_CHUNK keys that the mask cuts through."""
-    nc, nr = sT.shape
-    for j0 in range(0, nc, MASK_CHUNK):
-        j1 = min(j0 + MASK_CHUNK, nc)
-        if _tile_all_visible(i_lo, i_lo + nr - 1, c0 + j0, c0 + j1 - 1, *mask):
-            continue
-        for jj in range(j0, j1):
-            for ii in range(nr):
-                if not _key_visible(i_lo + ii, c0 + jj, *mask):             # query i_lo+ii, key c0+jj (absolute)
-                    sT[jj, ii] = -np.inf
-
-
-@njit(fastmath=False, cache=False)
-def _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, buf):
-    """sT = k_tile @ qT  (nc, nr): the tile's scores, transposed (qT carries the scale), -inf where hidden."""
-    nr = qT.shape[1]
-    sT = _view(buf, nc, nr)                                                 # (Bk, Bq) workspace
-    np.dot(k[b, kvh, c0:c0 + nc], qT, sT)                                   # (nc, D) @ (D, nr): keys c0 .. c0+nc-1
-    _mask_transposed(sT, i_lo, c0, mask)                                    # tests only the chunks the mask cuts
-    return sT
-
-
-@njit(fastmath=False, cache=False)
-def _load_transposed(x, b, h, r0, nr, scale, buf):
-    """xT[d, ii] = x[b, h, r0 + ii, d] * scale  (D, nr): a tile of rows, transposed, in a workspace.
-    (BLAS multiplies k_tile @ qT fastest with both operands row-major: 6 us for 64x64x64, 9 us with q_tile.T.)"""
-    D = x.shape[3]
-    xT = _view(buf, D, nr)
+def _visible_intervals(i_lo, nr, mask, keys):
+    """The keys each query row of a tile sees, masking.visible_keys of positions i_lo .. i_lo+nr-1:
+    keys[0, ii] .. keys[1, ii], inclusive. -> first (nr,), last (nr,), and the keys every row sees:
+    max(first) .. min(last) (an empty range when max(first) > min(last))."""
+    first, last = keys[0, :nr], keys[1, :nr]
     for ii in range(nr):
-        for d in range(D):
-            xT[d, ii] = x[b, h, r0 + ii, d] * scale
-    return xT
+        first[ii], last[ii] = _visible_keys(i_lo + ii, *mask)
+    return first, last, first.max(), last.min()
+
+
+@njit(fastmath=False, cache=False)
+def _mask_transposed(sT, c0, intervals):
+    """sT[jj, ii] = -inf where key c0 + jj lies outside query row ii's interval of visible keys; nothing
+    to do when every row sees every key of the tile (most tiles below the causal diagonal)."""
+    first, last, all_first, all_last = intervals
+    nc, nr = sT.shape
+    if all_first <= c0 and c0 + nc - 1 <= all_last:
+        return
+    for jj in range(nc):
+        j = c0 + jj
+        for ii in range(nr):                                                # a select per number: vectorised
+            sT[jj, ii] = sT[jj, ii] if first[ii] <= j and j <= last[ii] else -np.inf
+
+
+@njit(fastmath=False, cache=False)
+def _scores_transposed(q_tile, k_tile, scale, c0, intervals, buf):
+    """sT = scale * k_tile @ q_tile^T  (nc, nr): the tile's scores, transposed, -inf where hidden.
+    k_tile (nc, D) holds keys c0 .., q_tile (nr, D) the queries whose visible keys are intervals;
+    BLAS reads q_tile transposed in place."""
+    sT = _view(buf, k_tile.shape[0], q_tile.shape[0])                      # (Bk, Bq) workspace
+    gemm(scale, k_tile, False, q_tile, True, 0.0, sT)                       # (nc, D) @ (D, nr)
+    _mask_transposed(sT, c0, intervals)
+    return sT
 
 
 # ---------------------------------------------------------------- forward
@@ -237,11 +240,10 @@ def _forward_kernel(q, k, v, prefix, pad, q_offset, local, window, scale, block_
     n_items = B * H * n_qt                                                  # item = (b * H + h) * n_qt + tile
     n_workers = min(get_num_threads(), n_items)
     for w in prange(n_workers):
-        work = (np.empty(D * block_q, q.dtype),                             # the scaled query tile, transposed (D, Bq)
-                np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
-                np.empty(D * block_q, q.dtype),                             # p-weighted values of a tile (D, Bq)
+        work = (np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
                 np.empty(D * block_q, q.dtype),                             # the running output, transposed (D, Bq)
-                np.empty((4, block_q), q.dtype))                            # m, l, safe max, alpha per query row
+                np.empty((4, block_q), q.dtype),                            # m, l, safe max, alpha per query row
+                np.empty((2, block_q), np.int64))                           # each row's first and last visible key
         for item in range(w, n_items, n_workers):                           # worker w: items w, w + n_workers, ...
             b = item // (H * n_qt)                                          # undo item = (b * H + h) * n_qt + tile
             h = item // n_qt % H
@@ -257,28 +259,28 @@ def _forward_kernel(q, k, v, prefix, pad, q_offset, local, window, scale, block_
 @njit(fastmath=False, cache=False)
 def _forward_tile(q, k, v, o, L, b, h, r0, nr, q_offset, mask, scale, block_k, work):
     """One query tile (rows r0 .. r0+nr-1 of head h) against every key tile it can see: writes O and L."""
-    q_buf, s_buf, pv_buf, acc_buf, rows = work
+    s_buf, acc_buf, rows, keys = work
     D, S = q.shape[3], k.shape[2]
     kvh = h // (q.shape[1] // k.shape[1])                                   # query head h reads kv head h // g
-    qT = _load_transposed(q, b, h, r0, nr, scale, q_buf)                    # (D, nr): scaled once, not every score
+    q_tile = q[b, h, r0:r0 + nr]                                            # (nr, D) a view
     accT = _view(acc_buf, D, nr)                                            # (D, nr)
     accT[:, :] = 0.0
     rows[0, :nr] = -np.inf                                                  # m: no key seen yet
     rows[1, :nr] = 0.0                                                      # l
     i_lo = q_offset + r0                                                    # absolute position of row r0
+    intervals = _visible_intervals(i_lo, nr, mask, keys)
     j_end = min(S, _last_visible_key(i_lo + nr - 1, mask[0]) + 1)           # no key from j_end on is visible
     for c0 in range(0, j_end, block_k):                                     # key tiles, left to right
         nc = min(block_k, j_end - c0)                                       # keys in this tile
         if not _tile_may_be_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
             continue                                                        # hidden: no work at all
-        sT = _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, s_buf)   # (nc, nr)
+        sT = _scores_transposed(q_tile, k[b, kvh, c0:c0 + nc], scale, c0, intervals, s_buf)   # (nc, nr)
         _online_softmax(sT, rows)                                           # sT becomes p; m, l, alpha updated
-        pvT = _view(pv_buf, D, nr)                                          # (D, nr)
-        np.dot(v[b, kvh, c0:c0 + nc].T, sT, pvT)                            # (D, nc) @ (nc, nr) = (p @ v_tile)^T
         alpha = rows[3]
         for d in range(D):
             for ii in range(nr):
-                accT[d, ii] = alpha[ii] * accT[d, ii] + pvT[d, ii]          # acc = alpha * acc + p @ v_tile
+                accT[d, ii] *= alpha[ii]                                    # acc = alpha * acc ...
+        gemm(1.0, v[b, kvh, c0:c0 + nc], True, sT, False, 1.0, accT)        # ... + (p @ v_tile)^T: (D, nc) @ (nc, nr)
     for ii in range(nr):
         for d in range(D):
             o[b, h, r0 + ii, d] = accT[d, ii] / rows[1, ii]                 # out = acc / l
@@ -323,14 +325,10 @@ def _backward_kernel(q, k, v, o, L, do, prefix, pad, q_offset, local, window, sc
     n_items = B * Hkv                                                       # item = b * Hkv + kvh
     n_workers = min(get_num_threads(), n_items)
     for w in prange(n_workers):
-        work = (np.empty(block_q * D, q.dtype),                             # the scaled query tile (Bq, D)
-                np.empty(D * block_q, q.dtype),                             # ... and transposed (D, Bq)
-                np.empty(D * block_q, q.dtype),                             # the dO tile, transposed (D, Bq)
-                np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
+        work = (np.empty(block_k * block_q, q.dtype),                       # scores, then p, transposed (Bk, Bq)
                 np.empty(block_k * block_q, q.dtype),                       # dp, then ds, transposed (Bk, Bq)
-                np.empty(max(block_q, block_k) * D, q.dtype),               # one tile product before it is added
-                np.empty(block_q * D, q.dtype),                             # dq of the query tile (Bq, D)
-                np.empty((2, block_q), q.dtype))                            # L and Di per query row
+                np.empty((2, block_q), q.dtype),                            # L and Di per query row
+                np.empty((2, block_q), np.int64))                           # each row's first and last visible key
         for item in range(w, n_items, n_workers):
             b, kvh = item // Hkv, item % Hkv                                # undo item = b * Hkv + kvh
             mask = (prefix[b], pad[b], local, window)
@@ -343,49 +341,32 @@ def _backward_kernel(q, k, v, o, L, do, prefix, pad, q_offset, local, window, sc
 
 @njit(fastmath=False, cache=False)
 def _backward_tile(q, k, v, o, L, do, b, h, kvh, r0, nr, q_offset, mask, scale, block_k, dq, dk, dv, work):
-    """One query tile of head h against every key tile it can see: writes dq of the tile and adds
-    into dk[b, kvh], dv[b, kvh]."""
-    q_buf, qT_buf, doT_buf, s_buf, ds_buf, prod_buf, dq_buf, rows = work
+    """One query tile of head h against every key tile it can see: adds into dq of the tile (zeros
+    before), dk[b, kvh] and dv[b, kvh]. s = scale * q k^T, so dq = scale * ds k and dk = scale * ds^T q."""
+    s_buf, ds_buf, rows, keys = work
     D, S = q.shape[3], k.shape[2]
-    q_tile = _view(q_buf, nr, D)                                            # (nr, D)
+    q_tile, do_tile, dq_tile = q[b, h, r0:r0 + nr], do[b, h, r0:r0 + nr], dq[b, h, r0:r0 + nr]   # (nr, D) views
     Lt, Di = rows[0], rows[1]
     for ii in range(nr):
         Lt[ii] = L[b, h, r0 + ii]
         Di[ii] = 0.0
         for d in range(D):
-            q_tile[ii, d] = q[b, h, r0 + ii, d] * scale                     # scaled queries, as in the forward
             Di[ii] += do[b, h, r0 + ii, d] * o[b, h, r0 + ii, d]            # Di = rowsum(dO * O)
-    qT = _load_transposed(q, b, h, r0, nr, scale, qT_buf)                   # (D, nr)
-    doT = _load_transposed(do, b, h, r0, nr, 1.0, doT_buf)                  # (D, nr)
-    do_tile = do[b, h, r0:r0 + nr]                                          # (nr, D) a view
-    dq_tile = _view(dq_buf, nr, D)                                          # (nr, D)
-    dq_tile[:, :] = 0.0
     i_lo = q_offset + r0
+    intervals = _visible_intervals(i_lo, nr, mask, keys)
     j_end = min(S, _last_visible_key(i_lo + nr - 1, mask[0]) + 1)
     for c0 in range(0, j_end, block_k):
         nc = min(block_k, j_end - c0)
         if not _tile_may_be_visible(i_lo, i_lo + nr - 1, c0, c0 + nc - 1, *mask):
             continue
-        pT = _scores_transposed(qT, k, b, kvh, c0, nc, i_lo, mask, s_buf)   # (nc, nr) scores^T
+        k_tile, v_tile = k[b, kvh, c0:c0 + nc], v[b, kvh, c0:c0 + nc]      # (nc, D) views
+        pT = _scores_transposed(q_tile, k_tile, scale, c0, intervals, s_buf)    # (nc, nr) scores^T
         dsT = _view(ds_buf, nc, nr)
-        np.dot(v[b, kvh, c0:c0 + nc], doT, dsT)                             # (nc, nr) dp^T = (dO v_tile^T)^T
+        gemm(1.0, v_tile, False, do_tile, True, 0.0, dsT)                   # dp^T = v_tile dO^T  (nc, nr)
         for jj in range(nc):
             for ii in range(nr):
                 pT[jj, ii] = _exp(pT[jj, ii] - Lt[ii])                      # p = exp(s - L), 0 where masked
                 dsT[jj, ii] = pT[jj, ii] * (dsT[jj, ii] - Di[ii])           # ds = p * (dp - Di)
-        _add_product(dv[b, kvh, c0:c0 + nc], pT, do_tile, prod_buf)         # dv_tile += p^T dO
-        _add_product(dk[b, kvh, c0:c0 + nc], dsT, q_tile, prod_buf)         # dk_tile += ds^T (q * scale)
-        _add_product(dq_tile, dsT.T, k[b, kvh, c0:c0 + nc], prod_buf)       # dq_tile += ds k_tile (scale below)
-    for ii in range(nr):
-        for d in range(D):
-            dq[b, h, r0 + ii, d] = dq_tile[ii, d] * scale                   # s = q k^T * scale: dq = scale * ds k
-
-
-@njit(fastmath=False, cache=False)
-def _add_product(out, a, b, buf):
-    """out += a @ b, through a workspace (Numba's np.dot overwrites its output; it cannot accumulate)."""
-    prod = _view(buf, out.shape[0], out.shape[1])
-    np.dot(a, b, prod)
-    for r in range(out.shape[0]):
-        for c in range(out.shape[1]):
-            out[r, c] += prod[r, c]
+        gemm(1.0, pT, False, do_tile, False, 1.0, dv[b, kvh, c0:c0 + nc])   # dv_tile += p^T dO      (nc, D)
+        gemm(scale, dsT, False, q_tile, False, 1.0, dk[b, kvh, c0:c0 + nc])  # dk_tile += scale ds^T q (nc, D)
+        gemm(scale, dsT, True, k_tile, False, 1.0, dq_tile)                 # dq_tile += scale ds k   (nr, D)

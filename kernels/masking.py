@@ -7,6 +7,10 @@ predicate over integers. This module defines that rule once, three ways that tes
     visible_block(i, j, ...)        the same rule on NumPy index arrays (dense_mask and flash_numpy use it)
     dense_mask(spec, B, T, S)       the whole mask as a bool (B, T, S) array, for tests and the reference
 
+the same rule for one query as an interval of keys (the kernels test a key against it):
+
+    visible_keys(i, ...)            (first, last): query i sees keys first..last, and no others
+
 and two tile-level questions the kernels ask before touching a tile of keys:
 
     tile_may_be_visible(...)        False only if no (query, key) pair of the tile is visible: skip the tile
@@ -177,6 +181,22 @@ def last_visible_key(i_hi, prefix):
     most the query's own position, GLM's prefix keys are below prefix, a padding query sees only itself,
     and a local window or padding only hides more. A kernel need not look at keys after it."""
     return max(i_hi, prefix - 1)
+
+
+def visible_keys(i, prefix, pad, local, window):
+    """The keys the query at position i may see, as an interval: (first, last), inclusive. Each part of
+    the rule keeps an interval of keys, so together they do: causal or prefix keeps j <= max(i, prefix - 1),
+    padding keeps j >= pad, "banded" keeps i's block of W, "sliding" keeps j > i - W; a padding query
+    keeps only j = i. A kernel tests a key against two numbers instead of the whole rule."""
+    if i < pad:                                                             # a padding query sees exactly itself
+        return i, i
+    first, last = pad, max(i, prefix - 1)
+    if local == BANDED:                                                     # i's block: W positions from pad
+        block_start = pad + (i - pad) // window * window
+        first, last = max(first, block_start), min(last, block_start + window - 1)
+    elif local == SLIDING:                                                  # the last W positions
+        first = max(first, i - window + 1)
+    return first, last
 
 
 def tile_all_visible(i_lo, i_hi, j_lo, j_hi, prefix, pad, local, window):

@@ -14,7 +14,7 @@ import pytest
 
 from minigpt.kernels import MaskSpec, dense_mask, get_kernels
 from minigpt.kernels.masking import (key_visible, last_visible_key, tile_all_visible, tile_may_be_visible,
-                                     visible_block)
+                                     visible_block, visible_keys)
 from minigpt.layers.attention import attention_backward, attention_forward
 from minigpt.masks import attention_mask, banded_mask, causal_mask, prefix_mask, sliding_window_mask
 
@@ -67,6 +67,9 @@ def test_scalar_predicate_and_tile_checks_agree_with_dense_mask():
             rule = (int(prefix_b[b]), int(pad_b[b]), spec.local_code, spec.window)
             cells = [[key_visible(spec.q_offset + r, j, *rule) for j in range(S)] for r in range(T)]
             np.testing.assert_array_equal(np.array(cells, dtype=bool), dense[b])
+            for r in range(T):                                                 # each row is one interval of keys
+                first, last = visible_keys(spec.q_offset + r, *rule)
+                np.testing.assert_array_equal(dense[b, r], (np.arange(S) >= first) & (np.arange(S) <= last))
             for r in range(T):                                                 # queries 0..r see no key after it
                 assert not dense[b, :r + 1, last_visible_key(spec.q_offset + r, rule[0]) + 1:].any()
             for _ in range(6):                                                 # random tiles, inclusive ranges

@@ -1,0 +1,63 @@
+"""Matrix products inside Numba kernels, straight from BLAS: C = alpha * op(A) @ op(B) + beta * C.
+
+Why not np.dot. Inside a Numba kernel np.dot(a, b, out) calls BLAS's gemm too, but always with alpha = 1
+and beta = 0: it cannot scale a product and it cannot add one into C. The flash kernels need both:
+their backward pass adds every tile's dK, dV and dQ contributions into the gradients (dV += p^T dO), and
+their scores carry the 1/sqrt(D) scale. With np.dot each product went to a workspace first and a loop
+added it in. Here BLAS does the adding, and reads a transposed operand in place (no copy either).
+
+Which BLAS. SciPy exports the Fortran BLAS routines as C functions (scipy.linalg.cython_blas);
+numba.extending.get_cython_function_address gives their addresses, ctypes describes the call, and Numba
+compiles a direct call to it. It is the library Numba's own np.dot uses.
+
+Row-major and column-major. BLAS is Fortran: it reads matrices column by column. A row-major (r, c)
+matrix whose rows are ld numbers apart, read column by column, is its transpose: a column-major (c, r)
+matrix with leading dimension ld. So the row-major product C = op(A) op(B) is, to BLAS, the column-major
+product C^T = op(B)^T op(A)^T: we pass B before A, and n before m. The transpose flags stay as they are.
+
+The Fortran interface takes every argument by address; the scalars go in small arrays for that.
+"""
+import ctypes
+
+import numpy as np
+from numba import njit
+from numba.extending import get_cython_function_address
+
+# gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc): thirteen pointers.
+_GEMM_TYPE = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)
+_sgemm = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))     # float32
+_dgemm = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))     # float64
+_N, _T = ord("N"), ord("T")                                                 # BLAS's flags: as is, transposed
+
+
+@njit(fastmath=False, cache=False)
+def gemm(alpha, a, trans_a, b, trans_b, beta, c):
+    """c = alpha * op(a) @ op(b) + beta * c, in place; op(x) is x.T when trans_x is True, else x.
+    a, b, c: 2-D float32 (or all float64) arrays whose rows are contiguous (the last stride one number),
+    e.g. slices of C-contiguous arrays. With beta = 0, c is only written (its old values are not read)."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if (a.shape[1] if trans_a else a.shape[0]) != m or (b.shape[1] if trans_b else b.shape[0]) != k \
+            or (b.shape[0] if trans_b else b.shape[1]) != n:
+        raise ValueError("gemm: op(a) (m, k) @ op(b) (k, n) does not fit c (m, n)")
+    if a.itemsize != c.itemsize or b.itemsize != c.itemsize:
+        raise ValueError("gemm: a, b and c must have one dtype (all float32 or all float64)")
+    if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or c.strides[1] != c.itemsize:
+        raise ValueError("gemm: every operand's rows must be contiguous (last stride = one element)")
+    if m == 0 or n == 0:
+        return
+    flags = np.array([_T if trans_b else _N, _T if trans_a else _N], dtype=np.int8)   # b's flag first
+    sizes = np.array([n, m, k,                                              # column-major C^T (n, m)
+                      _leading_dim(b), _leading_dim(a), _leading_dim(c)], dtype=np.int32)
+    scalars = np.array([alpha, beta], dtype=c.dtype)
+    blas = _sgemm if c.itemsize == 4 else _dgemm
+    blas(flags[0:].ctypes, flags[1:].ctypes, sizes[0:].ctypes, sizes[1:].ctypes, sizes[2:].ctypes,
+         scalars[0:].ctypes, b.ctypes, sizes[3:].ctypes, a.ctypes, sizes[4:].ctypes,
+         scalars[1:].ctypes, c.ctypes, sizes[5:].ctypes)
+
+
+@njit(fastmath=False, cache=False)
+def _leading_dim(x):
+    """Numbers from one row of x to the next (BLAS's lda): at least the row length, as BLAS requires
+    even when there is only one row."""
+    return max(x.strides[0] // x.itemsize, x.shape[1], 1)
