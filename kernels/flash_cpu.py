@@ -152,7 +152,10 @@ def default_blocks(D, block_q=None, block_k=None):
 #     x = n ln2 + r,  n = round(x / ln2),  |r| <= ln2 / 2      (ln2 split in two parts, so n*ln2 is exact)
 #     exp(r) = 1 + r + r^2 * poly(r)                           (degree 5, accurate to float32 rounding)
 #     exp(x) = exp(r) * 2^n,  2^n built from its bits          (exponent field n + 127, shifted left 23)
-# Measured against float64 exp on [-100, 10]: max relative error 8.1e-8 (NumPy's float32 exp: 2.0e-7).
+# Measured against float64 exp on [-100, 10]: max relative error 8.2e-8 (NumPy's float32 exp: 2.0e-7).
+# fastmath={"contract"} lets the compiler fuse each multiply with the add after it into one FMA instruction
+# where the CPU has one (one rounding instead of two; the error measured stays 8.2e-8): 2^20 exps on one
+# core 0.63 -> 0.42 ms, the flash forward 5.7 -> 5.4 ms (B=4, H=8, T=256, D=32). No other flag is allowed.
 # Arguments at or below LOWEST (including the -inf of masked keys) give exactly 0. float64 keeps math.exp.
 LOG2E, HALF, ONE, ZERO = np.float32(1.4426950408889634), np.float32(0.5), np.float32(1.0), np.float32(0.0)
 LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)      # ln 2 = LN2_HI + LN2_LO
@@ -162,7 +165,7 @@ LOWEST = np.float32(-87.33654)                                              # ex
 BIAS = np.int32(127)                                                        # float32 exponent bias
 
 
-@njit(fastmath=False, cache=False)
+@njit(fastmath={"contract"}, cache=False)
 def _exp_float32(x):
     """exp(x) for a float32 x <= 88, with float32 arithmetic only (vectorisable)."""
     xc = LOWEST if x <= LOWEST else x                                       # keep 2^n a normal number
