@@ -1,13 +1,14 @@
 """The masks the fused kernels support, described by a few numbers instead of a (T, S) array.
 
 A fused kernel never reads a mask array: it asks, for each key tile and each (query, key) pair, a
-predicate over integers. This module defines that rule once, three ways that tests hold equal:
+predicate over integers. This module defines that rule once, in the forms below, which tests hold equal:
 
-    key_visible(i, j, ...)          the scalar predicate: the kernels (Numba CPU and CUDA) compile it
+    key_visible(i, j, ...)          the scalar predicate: the CUDA kernel compiles it
     visible_block(i, j, ...)        the same rule on NumPy index arrays (dense_mask and flash_numpy use it)
     dense_mask(spec, B, T, S)       the whole mask as a bool (B, T, S) array, for tests and the reference
 
-the same rule for one query as an interval of keys (the kernels test a key against it):
+the same rule for one query as an interval of keys (the CPU kernel compiles it, and tests a key against
+two numbers):
 
     visible_keys(i, ...)            (first, last): query i sees keys first..last, and no others
 

@@ -94,7 +94,9 @@ print(f"first call {first_call * 1e3:.0f} ms (compilation included), second call
 # **Forward.** Every query tile of every head is independent: it reads $q$, $K$, $V$ and writes only its own rows of
 # $O$ and $L$. So the work items are $B \cdot H \cdot \lceil T / B_q \rceil$ (query tile, head, sample) triples and
 # `prange` deals them to the threads. Inside an item the key-tile loop is lesson 22's online softmax, compiled, with the
-# two tile products $Q K^\top$ and $P V$ done by BLAS (`np.dot` into a workspace, nothing allocated per tile).
+# two tile products $Q K^\top$ and $P V$ done by BLAS's gemm, $C \leftarrow \alpha\, AB + \beta C$
+# (`kernels/blas_cpu.py`): $\alpha$ carries the $1/\sqrt{D}$ scale and $\beta = 1$ adds $PV$ into the running
+# output in place (and, in the backward, each tile's share into $\mathrm{d}Q$, $\mathrm{d}K$, $\mathrm{d}V$).
 #
 # **Backward.** Here tiles are not independent: $\mathrm{d}Q$ of a query tile sums over key tiles, and
 # $\mathrm{d}K$, $\mathrm{d}V$ of a key tile sum over all query tiles *and*, with GQA, over the $g$ query heads that
