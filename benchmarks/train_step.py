@@ -70,7 +70,7 @@ PARTS = [  # (part of the step, the source files whose functions it is)
     ("RoPE", ("layers/rope.py", "kernels/rope_cpu.py")),
     ("embeddings, positions", ("layers/embedding.py", "layers/positions.py")),
     ("cross-entropy", ("layers/loss.py",)),
-    ("AdamW, clipping", ("minigpt/optim.py",)),
+    ("AdamW, clipping", ("minigpt/optim.py", "kernels/adamw_cpu.py")),
 ]
 
 

@@ -84,6 +84,38 @@ def test_adamw_matches_torch(case, dtype, tol):
     assert all(m.dtype == dtype for m in opt.state["exp_avg"].values())
 
 
+@pytest.mark.parametrize("case", ADAMW_CASES)
+def test_fused_float32_adamw_is_the_numpy_update_bit_for_bit(case):
+    """float32 NumPy params step through minigpt.kernels.adamw_cpu, one pass per param; the numbers must be
+    exactly those of AdamW._update's NumPy lines (float64 above holds those to torch), params and state alike,
+    after 20 steps with decayed and undecayed keys. A multiply-add fused into an FMA would already differ."""
+    fused_params, plain_params = _params(np.float32), _params(np.float32)
+    fused, plain = AdamW(fused_params, **case), AdamW(plain_params, **case)
+    plain._fused_update = None                                                 # the NumPy lines
+    assert fused._fused_update is not None
+    _run(fused, _grads(dtype=np.float32)), _run(plain, _grads(dtype=np.float32))
+    for k in SHAPES:
+        assert np.array_equal(fused_params[k], plain_params[k]), k
+        for name in AdamW.BUFFERS:
+            assert np.array_equal(fused.state[name][k], plain.state[name][k]), (name, k)
+
+
+def test_fused_adamw_checks_its_arrays():
+    """The kernel's entry point names a wrong shape or a non-float32 / non-contiguous array; AdamW itself
+    takes the NumPy lines for such arrays, and float64 or mixed params never go to the kernel."""
+    from minigpt.kernels.adamw_cpu import adamw_update
+    p, m, v = (np.zeros((3, 4), np.float32) for _ in range(3))
+    with pytest.raises(ValueError, match=r"g has shape \(4, 3\)"):
+        adamw_update(p, np.zeros((4, 3), np.float32), m, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+    with pytest.raises(ValueError, match="g must be a C-contiguous float32 array, got float64"):
+        adamw_update(p, np.zeros((3, 4)), m, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+    with pytest.raises(ValueError, match="m must be a C-contiguous float32"):
+        adamw_update(p, np.zeros((3, 4), np.float32), np.zeros((4, 3), np.float32).T, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+    assert AdamW(_params(np.float64))._fused_update is None
+    mixed = dict(_params(np.float32), extra=np.zeros(3))
+    assert AdamW(mixed)._fused_update is None
+
+
 SGD_CASES = [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True),
              dict(lr=0.1, weight_decay=0.01), dict(lr=0.05, momentum=0.8, weight_decay=0.1),
              dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True)]
