@@ -14,13 +14,26 @@ The policy, set by the environment variable MINIGPT_THREADS:
     off       leave NumPy's and Numba's own defaults (one thread per core).
 On a system without /proc/stat (not Linux), "auto" uses every core.
 The count applies to NumPy's BLAS (through threadpoolctl) and to Numba's parallel kernels.
+
+OpenBLAS's idle threads. After a matmul, OpenBLAS's worker threads keep spinning, waiting for the next
+one, for 2^28 CPU cycles (about 0.1 s) before they sleep. On 2 cores that spinning worker takes a core from
+a Numba kernel that runs next on two threads: in a one-process training step (no shards) the flash kernels
+took 1.8x their time alone. OPENBLAS_THREAD_TIMEOUT=20 (2^20 cycles, about 0.35 ms: back-to-back matmuls
+still find their workers awake) took that step from 386-435 to 307 ms (LLaMA benchmark config, B = 8,
+T = 256, 2 threads), GPT-2's from 434 to 345 ms; 2^4 cycles, sleeping at once, made it slower (430 ms).
+OpenBLAS reads the variable once, when it loads, so minigpt sets it (unless you did) before it imports
+NumPy: it takes effect when minigpt is imported before NumPy (the `minigpt` command, a script that starts
+with `import minigpt`). Sharded training (minigpt.parallel) gives each shard one BLAS thread, which never
+spins, and does not need it.
 """
 import os
 import sys
 import time
 
-import numpy  # noqa: F401  (loads NumPy's BLAS library: threadpoolctl finds only loaded ones)
-from threadpoolctl import ThreadpoolController
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")   # see "OpenBLAS's idle threads" above; before NumPy loads
+
+import numpy  # noqa: E402,F401  (loads NumPy's BLAS library: threadpoolctl finds only loaded ones)
+from threadpoolctl import ThreadpoolController  # noqa: E402
 
 SAMPLE_SECONDS = 0.05     # the window of the measurement made at import
 REFIT_SECONDS = 5.0       # the training loop measures again after at least this long

@@ -78,3 +78,17 @@ def test_import_applies_the_policy_in_a_fresh_process():
     off = subprocess.run([sys.executable, "-c", code], env=dict(env, MINIGPT_THREADS="off"), capture_output=True,
                          text=True, check=True)
     assert off.stdout.strip() == f"[{os.cpu_count()}]"
+
+
+def test_import_shortens_openblas_spinning_unless_the_user_set_it():
+    """`import minigpt` before NumPy: OpenBLAS loads with OPENBLAS_THREAD_TIMEOUT=20 (its idle threads sleep
+    after 2^20 cycles, not 2^28), read back from the library itself; a value the user set stays."""
+    code = ("import ctypes, minigpt; from threadpoolctl import threadpool_info; "
+            "print(sorted({ctypes.CDLL(i['filepath']).openblas_thread_timeout() "
+            "for i in threadpool_info() if i['internal_api'] == 'openblas'}))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.strip() == "[20]"
+    theirs = subprocess.run([sys.executable, "-c", code], env=dict(env, OPENBLAS_THREAD_TIMEOUT="24"),
+                            capture_output=True, text=True, check=True)
+    assert theirs.stdout.strip() == "[24]"
