@@ -359,7 +359,7 @@ def report(config_name, results):
           f"{'MFU':>5} {'peak MB':>8} {'step MB':>8}")
     for side, r in results.items():
         if "error" in r:
-            print(f"{side:<12} failed: {r['error']}")
+            print(f"{side:<14} failed: {r['error']}")
             continue
         ratios = "/".join(f"{r['seconds'] / results[t]['seconds']:.2f}" for t in ("torch-eager", "torch-sdpa")
                           if "seconds" in results.get(t, {}))

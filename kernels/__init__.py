@@ -7,6 +7,8 @@
     elementwise_cpu.py  GELU-tanh and SwiGLU's gate in one pass (a float32 model on a CPU uses them)
     norms_cpu.py      LayerNorm and RMSNorm in one pass per row (likewise)
     rope_cpu.py       RoPE in one pass (likewise)
+    adamw_cpu.py      AdamW's update of a float32 param in one pass (minigpt.optim.AdamW uses it)
+    blas_cpu.py       gemm for the kernels: C = alpha op(A) op(B) + beta C, straight from BLAS
 
 Every implementation has the same pair of functions (the CUDA ones end in _cuda):
 

@@ -23,9 +23,10 @@ import numpy as np
 from numba import njit
 
 
-def adamw_update(p, g, m, v, decay, lr, betas, eps, t):
+def adamw_update(p, g, m, v, decay, betas, eps, sqrt_bias2, step_size):
     """p, m, v (float32, C-contiguous) updated in place from the gradient g (float32, p's shape), as one
-    step t (>= 1) of AdamW._update; decay: multiply p by 1 - lr * wd first (pass 1 - lr * wd, or 1.0)."""
+    AdamW._update, which computes the step's scalars: decay = 1 - lr wd (1.0 for a key that does not
+    decay), sqrt_bias2 = sqrt(1 - beta2^t), step_size = lr / (1 - beta1^t)."""
     for name, x in (("g", g), ("m", m), ("v", v)):
         if x.shape != p.shape:
             raise ValueError(f"fused AdamW: {name} has shape {x.shape}, expected p's {p.shape}")
@@ -35,8 +36,7 @@ def adamw_update(p, g, m, v, decay, lr, betas, eps, t):
     beta1, beta2 = betas
     f32 = np.float32
     _adamw_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                  f32(decay), f32(1 - beta1), f32(beta2), f32(1 - beta2),
-                  f32((1 - beta2 ** t) ** 0.5), f32(eps), f32(-(lr / (1 - beta1 ** t))))
+                  f32(decay), f32(1 - beta1), f32(beta2), f32(1 - beta2), f32(sqrt_bias2), f32(eps), f32(-step_size))
 
 
 @njit(nogil=True, error_model="numpy", cache=False)

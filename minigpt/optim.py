@@ -163,13 +163,15 @@ class AdamW(Optimizer):
         """One AdamW step: p, m and v updated in place from the gradient g (all the same shape)."""
         xp = get_xp(p)
         m, v = self.state["exp_avg"][key], self.state["exp_avg_sq"][key]
-        if self._fused_update is not None and all(x.flags.c_contiguous for x in (p, g, m, v)):
-            decay = 1 - lr * self.weight_decay if key in self.decay else 1.0
-            self._fused_update(p, g, m, v, decay, lr, self.betas, self.eps, self.t)   # the lines below, one pass
-            return
         beta1, beta2 = self.betas
-        if key in self.decay and self.weight_decay != 0:
-            p *= 1 - lr * self.weight_decay                      # decoupled weight decay, before the Adam step
+        decay = 1 - lr * self.weight_decay if key in self.decay else 1.0      # decoupled weight decay's factor
+        step_size = lr / (1 - beta1 ** self.t)                   # Python floats, as torch computes them:
+        sqrt_bias2 = (1 - beta2 ** self.t) ** 0.5                # lr / bias1 and sqrt(bias2)
+        if self._fused_update is not None and all(x.flags.c_contiguous for x in (p, g, m, v)):
+            self._fused_update(p, g, m, v, decay, self.betas, self.eps, sqrt_bias2, step_size)  # the lines below
+            return                                                                              # in one pass
+        if decay != 1.0:
+            p *= decay                                           # decoupled weight decay, before the Adam step
         # Two scratch arrays, reused by every line below: written as m = beta1 * m + (1 - beta1) * g,
         # NumPy would allocate a fresh full-size array for every operator (about ten per param per step).
         tmp, denom = xp.empty_like(p), xp.empty_like(p)
@@ -180,12 +182,10 @@ class AdamW(Optimizer):
         tmp *= g
         v *= beta2
         v += tmp                                                 # v = beta2 v + (1 - beta2) g g
-        bias1 = 1 - beta1 ** self.t                              # Python floats, as torch computes them
-        bias2 = 1 - beta2 ** self.t
         xp.sqrt(v, out=denom)
-        denom /= bias2 ** 0.5
+        denom /= sqrt_bias2
         denom += self.eps                                        # denom = sqrt(v) / sqrt(bias2) + eps
-        xp.multiply(m, -(lr / bias1), out=tmp)
+        xp.multiply(m, -step_size, out=tmp)
         tmp /= denom
         p += tmp                                                 # p = p - (lr / bias1) m / denom
 

@@ -106,11 +106,12 @@ def test_fused_adamw_checks_its_arrays():
     from minigpt.kernels.adamw_cpu import adamw_update
     p, m, v = (np.zeros((3, 4), np.float32) for _ in range(3))
     with pytest.raises(ValueError, match=r"g has shape \(4, 3\)"):
-        adamw_update(p, np.zeros((4, 3), np.float32), m, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+        adamw_update(p, np.zeros((4, 3), np.float32), m, v, 1.0, (0.9, 0.99), 1e-8, 1.0, 1e-3)
     with pytest.raises(ValueError, match="g must be a C-contiguous float32 array, got float64"):
-        adamw_update(p, np.zeros((3, 4)), m, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+        adamw_update(p, np.zeros((3, 4)), m, v, 1.0, (0.9, 0.99), 1e-8, 1.0, 1e-3)
     with pytest.raises(ValueError, match="m must be a C-contiguous float32"):
-        adamw_update(p, np.zeros((3, 4), np.float32), np.zeros((4, 3), np.float32).T, v, 1.0, 1e-3, (0.9, 0.99), 1e-8, 1)
+        adamw_update(p, np.zeros((3, 4), np.float32), np.zeros((4, 3), np.float32).T, v,
+                     1.0, (0.9, 0.99), 1e-8, 1.0, 1e-3)
     assert AdamW(_params(np.float64))._fused_update is None
     mixed = dict(_params(np.float32), extra=np.zeros(3))
     assert AdamW(mixed)._fused_update is None
