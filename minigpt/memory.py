@@ -8,6 +8,8 @@ same size starts as fresh pages, and the kernel zero-fills every 4 KiB page on i
 page fault"). Measured on a 2-core machine, one shard of benchmarks/train_step.py's GPT-2 step (B = 4,
 T = 256, one thread): 14,251 page faults per step, 36 to 56 ms of system time, 341 ms a step; with the
 settings below 0 faults and 308 ms. For the LLaMA step with two shards: 45,114 faults, 426 ms; 0 and 345 ms.
+With two shard threads the order of allocations varies from step to step, so now and then a step still sets a
+new high-water mark for the heap and faults in a few hundred fresh pages (tests/test_memory.py has numbers).
 
 What. Three of glibc's mallopt settings, for the whole process:
     M_ARENA_MAX       1        every thread allocates from the one main heap (a thread's own arena would
