@@ -212,14 +212,15 @@ def _visible_intervals(i_lo, nr, mask, keys):
 
 @njit(fastmath=False, cache=False)
 def _mask_transposed(sT, c0, intervals):
-    """sT[jj, ii] = -inf where key c0 + jj lies outside query row ii's interval of visible keys; nothing
-    to do when every row sees every key of the tile (most tiles below the causal diagonal)."""
+    """sT[jj, ii] = -inf where key c0 + jj lies outside query row ii's interval of visible keys. Only the
+    keys that some row does not see are looked at: none in most tiles below the causal diagonal, and in a
+    tile that the diagonal crosses, the keys after the first row's last one."""
     first, last, all_first, all_last = intervals
     nc, nr = sT.shape
-    if all_first <= c0 and c0 + nc - 1 <= all_last:
-        return
     for jj in range(nc):
         j = c0 + jj
+        if all_first <= j and j <= all_last:                                # every row sees key j
+            continue
         for ii in range(nr):                                                # a select per number: vectorised
             sT[jj, ii] = sT[jj, ii] if first[ii] <= j and j <= last[ii] else -np.inf
 
