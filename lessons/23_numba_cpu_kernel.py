@@ -91,9 +91,11 @@ print(f"first call {first_call * 1e3:.0f} ms (compilation included), second call
 # %% [markdown]
 # ## How `flash_cpu` parallelises
 #
-# **Forward.** Every query tile of every head is independent: it reads $q$, $K$, $V$ and writes only its own rows of
-# $O$ and $L$. So the work items are $B \cdot H \cdot \lceil T / B_q \rceil$ (query tile, head, sample) triples and
-# `prange` deals them to the threads. Inside an item the key-tile loop is lesson 22's online softmax, compiled, with the
+# **Forward.** Every query tile is independent: it reads $q$, $K$, $V$ and writes only its own rows of $O$ and $L$.
+# With GQA the $g$ query heads of one kv head read the same $K$ and $V$, so `flash_cpu` takes a query tile from all
+# $g$ of them at once, their rows stacked into one matrix, and multiplies each key tile once for all of them. The work
+# items are $B \cdot H_{kv} \cdot \lceil T / B_q \rceil$ (query tile, kv head, sample) triples, and `prange` deals
+# them to the threads. Inside an item the key-tile loop is lesson 22's online softmax, compiled, with the
 # two tile products $Q K^\top$ and $P V$ done by BLAS's gemm, $C \leftarrow \alpha\, AB + \beta C$
 # (`kernels/blas_cpu.py`): $\alpha$ carries the $1/\sqrt{D}$ scale and $\beta = 1$ adds $PV$ into the running
 # output in place (and, in the backward, each tile's share into $\mathrm{d}Q$, $\mathrm{d}K$, $\mathrm{d}V$).
@@ -228,7 +230,7 @@ print("fwd+bwd speed-up of flash-cpu over the reference:", {Tn: f"{s:.1f}x" for 
 # ## Summary
 # - `@njit` compiles on the first call for each argument type (seconds here); later calls run machine code.
 #   `parallel=True` with `prange` shares a loop's iterations among threads, and the iterations must not write the same data.
-# - `flash_cpu`'s forward parallelises over (sample, head, query tile); its backward over (sample, kv head), so each
+# - `flash_cpu`'s forward parallelises over (sample, kv head, query tile); its backward over (sample, kv head), so each
 #   item owns its $\mathrm{d}K$, $\mathrm{d}V$ and the $\mathrm{d}Q$ of its $g$ query heads: no races, no atomics.
 # - It matches the reference to about $10^{-15}$ in float64 and is as accurate as the reference in float32,
 #   with lesson 22's $O(T)$ memory; from $T \approx 1024$ it is several times faster than the reference (not

@@ -196,6 +196,17 @@ def test_flash_scale_and_default_tiles(impl):
     assert np.max(np.abs(o - out)) < 1e-10 and np.max(np.abs(dq - dq_ref)) < 1e-10
 
 
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("g", [1, 2, 4, 8, 32])
+def test_flash_cpu_default_tiles_stack_64_rows_under_openblas_thread_limit(g, D):
+    """The g heads of a kv head share a tile: 64 rows in all, and each product <= 2^18 multiply-adds,
+    below which OpenBLAS runs it on the calling thread."""
+    from minigpt.kernels.flash_cpu import default_blocks
+    block_q, block_k = default_blocks(D, g=g)
+    assert g * block_q == 64 and 16 <= block_k <= 256
+    assert g * block_q * block_k * D <= 2**18 < g * block_q * 2 * block_k * D or block_k == 256
+
+
 def test_flash_cpu_bad_inputs_are_errors():
     forward, _ = get_kernels("flash-cpu")
     q, k, v, _ = inputs(1, 3, 2, 4, 4, 8, np.float32)
