@@ -96,5 +96,6 @@ def _leading_dim(x):
     return max(x.strides[0] // x.itemsize, x.shape[1], 1)
 
 
-LIBRARY = "numpy" if blas_functions("numpy") is not None else "scipy"      # the one the kernels use
-gemm = make_gemm(*blas_functions(LIBRARY))
+_NUMPY_FUNCTIONS = blas_functions("numpy")
+LIBRARY = "numpy" if _NUMPY_FUNCTIONS is not None else "scipy"            # the one the kernels use
+gemm = make_gemm(*(_NUMPY_FUNCTIONS or blas_functions("scipy")))

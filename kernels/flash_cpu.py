@@ -14,10 +14,10 @@ it lies above the causal diagonal: LLaMA's shape (B=4, H=8, Hkv=2, T=256, D=32, 
 
 Forward. The work is cut into B * Hkv * ceil(T / Bq) independent items, one per query tile of one kv
 head's g query heads, and `prange` hands them to the threads. An item finds the interval of keys each
-of its query rows may see (masking.visible_keys), then walks the key tiles, up to the last key any of its rows may see
-(masking.last_visible_key: the last tile is cut short there), skipping the tiles the mask hides completely
-(masking.tile_may_be_visible: for a causal mask, every tile above the diagonal, which is half the work),
-and hiding keys outside a row's interval only in the tiles that some row does not see whole. For each
+of its query rows may see (masking.visible_keys), then walks the key tiles, up to the last key any of its
+rows may see (masking.last_visible_key: the last tile is cut short there), skipping the tiles the mask
+hides completely (masking.tile_may_be_visible: for a causal mask, every tile above the diagonal, which is
+half the work), and hiding keys outside a row's interval only where some row does not see a key. For each
 key tile it updates the running max m, sum l and output acc (the online softmax), and at the end writes
 O = acc / l and L = m + log(l), the per-row log-sum-exp that the backward pass rebuilds probabilities from.
 
@@ -42,8 +42,8 @@ with gemm; testing keys against row intervals instead of the whole rule pair by 
 6.1 -> 5.6 ms and the backward 10.8 -> 9.0 ms; NumPy's OpenBLAS instead of SciPy's, blas_cpu.py, the
 forward 5.1 -> 4.3 ms and the backward 8.7 -> 7.5 ms.) The kernel's own loops
 do what BLAS cannot: skip tiles, apply the mask, run the online softmax, and fuse it all so that no
-(T, S) array ever exists. Tile products stay at most 2^18 multiply-adds (Bq * Bk * D <= 262144, see
-default_blocks): below that OpenBLAS never starts threads of its own inside ours. Wider key tiles mean
+(T, S) array ever exists. Tile products stay at most 2^18 multiply-adds (g * Bq * Bk * D <= 262144,
+see default_blocks): below that OpenBLAS never starts threads of its own inside ours. Wider key tiles mean
 fewer and larger products, which BLAS runs faster (one core, float32, the scores' product: 65 GFLOP/s
 at 64 keys x 32 x 64 rows, 70 at 128 keys); cutting the last tile at the last visible key keeps their
 causal work that of 64-key tiles.
@@ -117,7 +117,7 @@ def flash_backward(q, k, v, o, L, do, spec, scale=None, block_q=None, block_k=No
     if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
         raise ValueError(f"flash_backward: o {o.shape} and do {do.shape} must be q's shape {q.shape}, "
                          f"L {L.shape} must be {q.shape[:3]}")
-    dq = np.zeros_like(q)                                                   # (B, H, T, D)
+    dq = np.empty_like(q)                                                   # (B, H, T, D) every row written by its tile
     dk = np.zeros_like(k)                                                   # (B, Hkv, S, D)
     dv = np.zeros_like(v)                                                   # (B, Hkv, S, D)
     _backward_kernel(q, k, v, o, L, do, *mask, scale, block_q, block_k, dq, dk, dv)
@@ -288,10 +288,10 @@ def _forward_kernel(q, k, v, prefix, pad, q_offset, local, window, scale, block_
             b = item // (Hkv * n_qt)                                        # undo item = (b * Hkv + kvh) * n_qt + tile
             kvh = item // n_qt % Hkv
             tile = item % n_qt
-            if item // n_qt % 2 == 1:                                       # every other kv head walks its tiles from
-                tile = n_qt - 1 - tile                                      # the end: each worker gets long and short ones
+            if item // n_qt % 2 == 1:                                       # every other kv head walks its tiles
+                tile = n_qt - 1 - tile                                      # from the end: long and short ones mix
             r0 = tile * block_q                                             # the tile's first query position
-            nr = min(block_q, T - r0)                                       # positions in the tile (the last may be short)
+            nr = min(block_q, T - r0)                                       # positions in it (the last may be short)
             mask = (prefix[b], pad[b], local, window)                       # sample b's mask
             _forward_tile(q, k, v, o, L, b, kvh, g, r0, nr, q_offset, mask, scale, block_k, work)
 
@@ -407,7 +407,7 @@ def _backward_tile(q, k, v, o, L, do, b, kvh, g, r0, nr, q_offset, mask, scale, 
             Lt[r] = L[b, h, r0 + ii]
             Di[r] = 0.0
             for d in range(D):
-                Di[r] += do[b, h, r0 + ii, d] * o[b, h, r0 + ii, d]         # Di = rowsum(dO * O)
+                Di[r] += do_rows[r, d] * o[b, h, r0 + ii, d]                # Di = rowsum(dO * O)
     i_lo = q_offset + r0
     intervals = _visible_intervals(i_lo, nr, g, mask, keys)
     j_end = min(S, _last_visible_key(i_lo + nr - 1, mask[0]) + 1)
